@@ -1,0 +1,11 @@
+"""ComfyUI nodes of the pack: one node per module, names from names.py, logic in srrl_core."""
+
+from . import reflective_sampler, renoise_guide
+
+_MODULES = (reflective_sampler, renoise_guide)
+
+NODE_CLASS_MAPPINGS = {}
+NODE_DISPLAY_NAME_MAPPINGS = {}
+for _module in _MODULES:
+    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

@@ -1,0 +1,1 @@
+"""Adapters that turn model libraries' networks into srrl_core denoisers."""

@@ -1,0 +1,58 @@
+"""Per-sample random streams, so every branch is reproducible on its own and independent of the others.
+
+A batch row's noise depends only on its own seed, never on the batch size or on the other rows: sampling a
+branch alone or among G siblings gives the same result.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+class BranchNoise:
+    """One CPU ``torch.Generator`` per batch row (CPU generators give the same numbers on every device)."""
+
+    def __init__(self, seeds: Sequence[int]):
+        if len(seeds) < 1:
+            raise ValueError("seeds must hold at least one seed (one per batch row)")
+        self.seeds = [int(s) for s in seeds]
+        self.generators = [torch.Generator("cpu").manual_seed(s) for s in self.seeds]
+
+    @classmethod
+    def for_batch(cls, seed: int, batch: int) -> "BranchNoise":
+        """Rows seeded seed, seed + 1, ... (ComfyUI's convention for batch seeds)."""
+        return cls([seed + i for i in range(batch)])
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != len(self.generators):
+            raise ValueError(f"noise has {len(self.generators)} generators but the latent batch is {x.shape[0]}")
+        rows = [torch.randn(x.shape[1:], generator=g, dtype=torch.float32) for g in self.generators]
+        return torch.stack(rows).to(device=x.device, dtype=x.dtype)
+
+    def select(self, rows: Sequence[int]) -> "BranchNoise":
+        """A view onto some rows' generators (their streams continue where they are)."""
+        view = object.__new__(BranchNoise)
+        view.seeds = [self.seeds[r] for r in rows]
+        view.generators = [self.generators[r] for r in rows]
+        return view
+
+    def get_state(self) -> list[torch.Tensor]:
+        return [g.get_state() for g in self.generators]
+
+    def set_state(self, states: Sequence[torch.Tensor]) -> None:
+        for generator, state in zip(self.generators, states, strict=True):
+            generator.set_state(state)
+
+
+def derived_seeds(seed: int, count: int, stream: int = 0) -> list[int]:
+    """``count`` well-separated 63-bit seeds from one user seed (numpy's SeedSequence), for a separate ``stream``
+    of randomness that must not replay the numbers ``seed``, ``seed + 1``, ... already drive."""
+    import numpy as np
+
+    state = np.random.SeedSequence([int(seed) & (2**63 - 1), stream]).generate_state(count, dtype=np.uint64)
+    return [int(s) >> 1 for s in state]
