@@ -10,5 +10,13 @@ if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+from .nodes.reward_loader import register_model_folders  # noqa: E402
+
+try:
+    import folder_paths  # noqa: F401  (present when a ComfyUI host loads the pack)
+except ImportError:  # imported by tools or pytest outside a host: no model folders to register
+    pass
+else:
+    register_model_folders()  # models/srrl_rewards, before the host lists model files
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -98,7 +98,9 @@ class ReflectiveSampler:
         out = model.model.process_latent_out
         final = out(result.latent.float()).cpu()
         preview = out(result.all_latents.float()).cpu()
-        return ({"samples": final}, {"samples": preview}, report(result, prompts_count, branches, steps, renoise_strength))
+        text = report(result, prompts_count, branches, steps, renoise_strength)
+        # The "ui" text lands in the prompt's history, so headless clients can read the report too.
+        return {"ui": {"text": [text]}, "result": ({"samples": final}, {"samples": preview}, text)}
 
 
 def _repeat_mask(mask, branches):

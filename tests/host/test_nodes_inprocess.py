@@ -37,7 +37,7 @@ def test_zero_rounds_matches_the_stock_ksampler(host):
         stock = nodes.KSampler().sample(inproc.model, 5, STEPS, 3.0, "euler", "normal", pos, neg, latent, denoise=1.0)[0]
         ours, rounds, report = pack.nodes.reflective_sampler.ReflectiveSampler().sample(
             inproc.model, pos, neg, latent, **sampler_args()
-        )
+        )["result"]
     # DDIM with eta 0 is Euler in sigma space: the same arithmetic up to float rounding.
     assert ours["samples"].shape == stock["samples"].shape == (2, 4, 8, 8)
     assert (ours["samples"] - stock["samples"]).abs().max() <= 1e-4 * stock["samples"].abs().max()
@@ -53,7 +53,7 @@ def test_reward_driven_rounds_and_branches(host):
         final, rounds, report = pack.nodes.reflective_sampler.ReflectiveSampler().sample(
             inproc.model, pos, neg, latent, vae=inproc.vae, reward=Brightness(), reward_prompt="a bright sky",
             **sampler_args(rounds=2, branches=3, selection="best", eta=0.5, renoise_strength=0.5),
-        )
+        )["result"]
     assert final["samples"].shape == (1, 4, 8, 8)
     assert rounds["samples"].shape == (3 * 3, 4, 8, 8)  # 3 passes x 3 branches
     assert [line.split(":")[0] for line in report.splitlines()[1:4]] == ["round 0", "round 1", "round 2"]

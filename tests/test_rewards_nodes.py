@@ -1,0 +1,113 @@
+"""The loader and scorer nodes, called in-process with a fake ``folder_paths`` (real-host tests live in tests/host)."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+from nodes import names, reward_loader, reward_scorer
+from nodes.reward_loader import RewardModelLoader, register_model_folders
+from nodes.reward_scorer import RewardScorer
+from tests.rewards_support import builders, fake_folder_paths
+from tests.rewards_support.judge_server import JudgeServer
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    """A models folder with a tiny open_clip CLIP and a transformers CLIP folder, registered as the host would."""
+    models = tmp_path / "models"
+    rewards = models / names.REWARDS_FOLDER
+    (rewards / "tiny-hf").mkdir(parents=True)
+    (models / "clip_vision").mkdir()
+    builders.openclip_checkpoint(str(rewards))
+    builders.hf_clip_folder(str(rewards / "tiny-hf"))
+    builders.aesthetic_head(str(rewards / "head.safetensors"), 16)
+    module = fake_folder_paths.make(str(models))
+    monkeypatch.setitem(sys.modules, "folder_paths", module)
+    register_model_folders()
+    return module
+
+
+def widgets(**overrides):
+    values = dict(backend="clip_openclip", weights="none", aux_file="none", clip_architecture="ViT-H-14",
+                  vlm_endpoint="http://127.0.0.1:8000/v1", vlm_model="", api_key_env="", rule="",
+                  on_failure="raise", fallback_score=0.0, device="cpu", dtype="auto", options="{}")
+    return {**values, **overrides}
+
+
+def test_node_contract():
+    for node, mappings, key in ((RewardModelLoader, reward_loader, names.REWARD_MODEL_LOADER),
+                                (RewardScorer, reward_scorer, names.REWARD_SCORER)):
+        assert mappings.NODE_CLASS_MAPPINGS == {key: node}
+        assert mappings.NODE_DISPLAY_NAME_MAPPINGS[key] == names.DISPLAY_NAMES[key]
+        assert node.CATEGORY == "SRRL" and callable(getattr(node, node.FUNCTION))
+        assert len(node.RETURN_TYPES) == len(node.RETURN_NAMES) == len(node.OUTPUT_TOOLTIPS)
+        for spec in node.INPUT_TYPES()["required"].values():
+            assert spec[1].get("tooltip")
+    assert RewardModelLoader.RETURN_TYPES == (names.REWARD,)
+    assert RewardScorer.OUTPUT_IS_LIST == (True, False, False, False)
+
+
+def test_register_model_folders_is_idempotent_and_keeps_user_paths(host):
+    register_model_folders()
+    folders, extensions = host.folder_names_and_paths[names.REWARDS_FOLDER]
+    assert folders == [os.path.join(host.models_dir, names.REWARDS_FOLDER)] and ".safetensors" in extensions
+    host.folder_names_and_paths[names.REWARDS_FOLDER] = (["/user/extra"], set())
+    register_model_folders()
+    assert host.folder_names_and_paths[names.REWARDS_FOLDER][0] == ["/user/extra", folders[0]]
+
+
+def test_loader_lists_files_and_loads_each_kind(host):
+    choices = RewardModelLoader.INPUT_TYPES()["required"]["weights"][0]
+    assert {"none", "open_clip_model.safetensors", "srrl-tiny-clip.json", "tiny-hf/model.safetensors"} <= set(choices)
+    loader = RewardModelLoader()
+    (clip,) = loader.load(**widgets(weights="open_clip_model.safetensors", aux_file="srrl-tiny-clip.json"))
+    (pick,) = loader.load(**widgets(backend="pickscore", weights="tiny-hf/model.safetensors"))
+    (aesthetic,) = loader.load(**widgets(backend="aesthetic", weights="tiny-hf/model.safetensors", aux_file="head.safetensors"))
+    (count,) = loader.load(**widgets(backend="object_count", options='{"colour": "255,0,0", "count": 1}'))
+    images = torch.rand(2, 32, 32, 3)
+    for reward in (clip, pick, aesthetic, count):
+        assert reward.score(images, "a red ball").shape == (2,)
+
+
+def test_loader_errors_name_what_is_missing(host):
+    loader = RewardModelLoader()
+    with pytest.raises(ValueError, match=f"choose the pickscore weights file .*models/{names.REWARDS_FOLDER}"):
+        loader.load(**widgets(backend="pickscore"))
+    with pytest.raises(FileNotFoundError, match="'gone.safetensors' not found; searched"):
+        loader.load(**widgets(weights="gone.safetensors"))
+    with pytest.raises(ValueError, match="options must be a JSON object"):
+        loader.load(**widgets(backend="symmetry", options="[1, 2]"))
+    with pytest.raises(ValueError, match="aesthetic head: a weights file path is required"):
+        loader.load(**widgets(backend="aesthetic", weights="tiny-hf/model.safetensors"))
+
+
+def test_loader_builds_a_vlm_judge_with_fallback():
+    server = JudgeServer()
+    server.mode = "malformed"
+    try:
+        (judge,) = RewardModelLoader().load(**widgets(
+            backend="vlm_judge", vlm_endpoint=server.url, vlm_model="rule-judge", rule="the top is bright",
+            on_failure="use fallback score", fallback_score=0.3, options='{"retries": 0}'))
+        assert judge.score(torch.rand(1, 8, 8, 3), "x").item() == pytest.approx(0.3)
+        assert server.requests[0]["messages"][0]["content"][0]["text"].startswith("Does this image obey: the top is bright?")
+    finally:
+        server.close()
+
+
+def test_scorer_sorts_best_first_and_reports():
+    (reward,) = RewardModelLoader().load(**widgets(backend="brightness_band",
+                                                   options='{"low": 0.8, "high": 1.0, "softness": 1.0}'))
+    images = torch.stack([torch.full((8, 8, 3), v) for v in (0.2, 0.9, 0.5)])
+    scores, ordered, best, report = RewardScorer().score(images, "a bright room", reward)
+    assert scores == pytest.approx([0.4, 1.0, 0.7])
+    torch.testing.assert_close(ordered, images[[1, 2, 0]])
+    torch.testing.assert_close(best, images[[1]])
+    assert "#1  image 1  score 1.0000  a bright room" in report
+    per_image = RewardScorer().score(images, "one\ntwo\nthree", reward)[3]
+    assert "image 0  score 0.4000  one" in per_image
+    with pytest.raises(ValueError, match="give 1 line or exactly 3"):
+        RewardScorer().score(images, "one\ntwo", reward)
+    with pytest.raises(ValueError, match="prompts"):
+        RewardScorer().score(images, "   ", reward)

@@ -1,0 +1,143 @@
+"""VLM judge against a real OpenAI-compatible HTTP server on 127.0.0.1 that answers by a pixel rule."""
+
+import logging
+import math
+import socket
+
+import pytest
+import torch
+
+from srrl_core.rewards import load_reward
+from srrl_core.rewards.chat_client import chat_completions_url
+from srrl_core.rewards.vlm_judge import VLMJudgeError, parse_answer, yes_probability
+from tests.rewards_support.judge_server import JudgeServer
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = JudgeServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(autouse=True)
+def reset(server):
+    server.mode, server.failures, server.delay = "logprobs", 0, 0.0
+    server.requests.clear()
+    server.headers.clear()
+
+
+def images():
+    """[compliant (bright top), violating (bright bottom), slightly compliant]."""
+    out = torch.zeros(3, 16, 16, 3)
+    out[0, :8], out[1, 8:], out[2, :8], out[2, 8:] = 0.9, 0.9, 0.55, 0.5
+    return out
+
+
+def judge(server, **options):
+    options = {"endpoint": server.url, "model": "rule-judge", "rule": "the top half is brighter than the bottom",
+               "retries": 0, "backoff": 0.0, "timeout": 5.0, **options}
+    return load_reward("vlm_judge", **options)
+
+
+def test_logprob_scores_are_p_yes(server):
+    scores = judge(server).score(images(), "a lamp above a table")
+    assert scores[0] > 0.99 and scores[1] < 0.01
+    # image 2 as 8-bit PNG: top 140, bottom 128; the server offers "Yes" and " yes" (summed) against "No"
+    p = 1 / (1 + math.exp(-20 * 12 / 255))
+    yes = p * (math.exp(-0.01) + math.exp(-4.6))
+    assert scores[2].item() == pytest.approx(yes / (yes + 1 - p), abs=1e-4)
+    request = server.requests[0]
+    assert request["logprobs"] is True and request["top_logprobs"] == 5 and request["temperature"] == 0
+    text, image = request["messages"][0]["content"]
+    assert text["text"] == "Does this image obey: the top half is brighter than the bottom? Answer Yes or No."
+    assert image["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_plain_text_answers_are_parsed(server):
+    server.mode = "text"
+    scores = judge(server, logprobs=False, question="Is the image lit from above, as in {prompt}? Yes or No.").score(
+        images(), "a lamp above a table.")
+    torch.testing.assert_close(scores, torch.tensor([1.0, 0.0, 1.0]))
+    assert server.requests[0]["messages"][0]["content"][0]["text"] == \
+        "Is the image lit from above, as in a lamp above a table? Yes or No."
+    assert "logprobs" not in server.requests[0]
+
+
+def test_concurrent_requests_keep_image_order(server):
+    batch = images().repeat(4, 1, 1, 1)
+    scores = judge(server, concurrency=4, logprobs=False).score(batch, "x")
+    torch.testing.assert_close(scores, torch.tensor([1.0, 0.0, 1.0] * 4))
+    assert len(server.requests) == 12
+
+
+def test_api_key_is_read_from_the_named_environment_variable(server, monkeypatch):
+    monkeypatch.setenv("SRRL_TEST_JUDGE_KEY", "secret-123")
+    judge(server, api_key_env="SRRL_TEST_JUDGE_KEY").score(images()[:1], "x")
+    assert server.headers[0]["Authorization"] == "Bearer secret-123"
+    with pytest.raises(ValueError, match="NAME of an environment variable") as error:
+        judge(server, api_key_env="sk-live-abc123")
+    assert "sk-live" not in str(error.value)  # a pasted key is never echoed
+    with pytest.raises(ValueError, match="'SRRL_UNSET_VAR', which is not set"):
+        judge(server, api_key_env="SRRL_UNSET_VAR")
+
+
+def test_http_500_is_retried_then_succeeds(server):
+    server.mode, server.failures = "flaky", 2
+    scores = judge(server, retries=2).score(images()[:1], "x")
+    assert scores.item() > 0.99 and len(server.requests) == 3
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("error", "HTTP 500"), ("malformed", "malformed judge answer"), ("not_json", "did not answer JSON"),
+])
+def test_failures_raise_clear_errors(server, mode, message):
+    server.mode = mode
+    with pytest.raises(VLMJudgeError, match=message):
+        judge(server, retries=1).score(images()[:1], "x")
+
+
+def test_failures_use_the_fallback_with_a_warning(server, caplog):
+    server.mode = "malformed"
+    with caplog.at_level(logging.WARNING, logger="srrl_core.rewards.vlm_judge"):
+        scores = judge(server, fallback=0.25).score(images()[:2], "x")
+    torch.testing.assert_close(scores, torch.tensor([0.25, 0.25]))
+    assert sum("using fallback score 0.25" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_timeout(server):
+    server.mode, server.delay = "slow", 1.0
+    with pytest.raises(VLMJudgeError, match="timeout 0.2s"):
+        judge(server, timeout=0.2).score(images()[:1], "x")
+
+
+def test_unreachable_endpoint():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    reward = load_reward("vlm_judge", endpoint=f"http://127.0.0.1:{port}/v1", model="m", retries=1, backoff=0.01)
+    with pytest.raises(VLMJudgeError, match=f"could not reach http://127.0.0.1:{port}/v1/chat/completions"):
+        reward.score(torch.zeros(1, 8, 8, 3), "x")
+
+
+def test_configuration_errors():
+    with pytest.raises(ValueError, match="endpoint must be an http"):
+        load_reward("vlm_judge", endpoint="localhost:8000", model="m")
+    with pytest.raises(ValueError, match="placeholders"):
+        load_reward("vlm_judge", endpoint="http://h/v1", model="m", question="Is it {colour}?")
+    with pytest.raises(ValueError, match="rule is empty"):
+        load_reward("vlm_judge", endpoint="http://h/v1", model="m", question="Obeys {rule}?")
+    with pytest.raises(ValueError, match="fallback must be"):
+        load_reward("vlm_judge", endpoint="http://h/v1", model="m", fallback=2.0)
+    assert chat_completions_url("http://h:1/v1/") == "http://h:1/v1/chat/completions"
+    assert chat_completions_url("https://h/v1/chat/completions") == "https://h/v1/chat/completions"
+
+
+def test_answer_parsing_helpers():
+    assert parse_answer("**Yes**, clearly") == 1.0 and parse_answer("no.") == 0.0
+    choice = {"logprobs": {"content": [
+        {"token": "\n", "logprob": 0.0, "top_logprobs": [{"token": "\n", "logprob": 0.0}]},
+        {"token": "▁Yes", "logprob": math.log(0.6),
+         "top_logprobs": [{"token": "▁Yes", "logprob": math.log(0.6)}, {"token": "NO", "logprob": math.log(0.2)}]}]}}
+    assert yes_probability(choice) == pytest.approx(0.75)
+    assert yes_probability({"logprobs": None}) is None
