@@ -51,7 +51,7 @@ class DiffusersDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: TextConditioning) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0])
-        timesteps = self.schedule.timestep_at(sigma.cpu()).to(device=x.device, dtype=torch.float32)
+        timesteps = self.schedule.timestep_at(sigma).to(torch.float32)
         s = append_dims(sigma, x.ndim)
         network_input = self.parametrization.model_input(x, s).to(self.unet.dtype)
         output = self.unet(

@@ -68,10 +68,11 @@ def ddim_step(
     eta: float = 0.0,
     noise: torch.Tensor | None = None,
 ) -> StepOutput:
-    """One DDIM step. ``sigma``/``sigma_next`` are [B]; ``noise`` (unit Gaussian like ``x``) is needed when eta > 0."""
+    """One DDIM step. ``sigma``/``sigma_next`` are [B]; ``noise`` (unit Gaussian like ``x``) is needed when eta > 0.
+    A step onto sigma_next = 0 leaves nothing random: take it with eta = 0 (the variance would be 0)."""
     step_std = transition_std(param, sigma, sigma_next, eta)
     mean = ddim_mean(param, x, denoised, sigma, sigma_next, step_std)
-    if eta == 0 or not step_std.any():  # e.g. the last step onto sigma = 0: nothing random is left
+    if eta == 0:
         return StepOutput(mean, mean, step_std, None)
     if noise is None:
         raise ValueError("noise is required for a stochastic DDIM step (eta > 0)")

@@ -43,10 +43,9 @@ class SampleOutput:
     trajectory: Trajectory | None
 
 
-def step_levels(sigmas: torch.Tensor, index: int, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sigma, sigma_next) for step ``index`` as float32 [batch] tensors on ``like``'s device."""
-    pair = sigmas[index : index + 2].to(device=like.device, dtype=torch.float32)
-    return pair[0].expand(batch), pair[1].expand(batch)
+def step_levels(levels: torch.Tensor, index: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma, sigma_next) for step ``index`` as [batch] tensors (``levels`` already on the latent's device)."""
+    return levels[index].expand(batch), levels[index + 1].expand(batch)
 
 
 def sample(
@@ -67,14 +66,16 @@ def sample(
     if eta > 0 and noise is None:
         raise ValueError("noise (a BranchNoise with one generator per latent row) is required when eta > 0")
     param, batch = guided.parametrization, x.shape[0]
+    levels = sigmas.to(device=x.device, dtype=torch.float32)  # one copy: no host-device sync per step
     steps = []
     for i in range(sigmas.numel() - 1):
-        sigma, sigma_next = step_levels(sigmas, i, batch, x)
+        sigma, sigma_next = step_levels(levels, i, batch)
         denoised = guided(x, sigma, scale)
         if on_step is not None:
             on_step()
         z = noise.randn_like(x) if eta > 0 else None
-        out = ddim_step(param, x, denoised, sigma, sigma_next, eta, z)
+        step_eta = eta if sigmas[i + 1] > 0 else 0.0  # onto sigma 0 nothing random is left
+        out = ddim_step(param, x, denoised, sigma, sigma_next, step_eta, z)
         x_next = out.prev_sample.to(x.dtype)
         if record:
             log_prob = out.log_prob if out.log_prob is not None else torch.zeros(batch, device=x.device)
@@ -98,8 +99,9 @@ def invert(
     check_sigmas("sigmas (reversed)", sigmas.flip(0))
     check_finite("latent", x)
     param, batch = guided.parametrization, x.shape[0]
+    levels = sigmas.to(device=x.device, dtype=torch.float32)
     for i in range(sigmas.numel() - 1):
-        sigma, sigma_next = step_levels(sigmas, i, batch, x)
+        sigma, sigma_next = step_levels(levels, i, batch)
         denoised = guided(x, sigma_next, scale)
         if on_step is not None:
             on_step()

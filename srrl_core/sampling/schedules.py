@@ -15,7 +15,7 @@ r"""Noise schedules as descending sigma sequences ``[sigma_0 > ... > sigma_N]`` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,7 @@ class VPSchedule:
 
     alphas_cumprod: torch.Tensor  # [T], float64
     final_alpha_cumprod: float = 1.0  # where DDIM's last step lands (diffusers' set_alpha_to_one)
+    _log_sigmas: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_diffusers(cls, config) -> "VPSchedule":
@@ -62,10 +63,18 @@ class VPSchedule:
         w = t - low
         return ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp()
 
+    def log_sigmas_on(self, device: torch.device) -> torch.Tensor:
+        """log sigma per timestep, cached per device (no host-device copy per model call)."""
+        key = str(device)
+        if key not in self._log_sigmas:
+            self._log_sigmas[key] = self.sigmas.log().to(device)
+        return self._log_sigmas[key]
+
     def timestep_at(self, sigma: torch.Tensor) -> torch.Tensor:
-        """The continuous timestep whose sigma is ``sigma`` (inverse of :meth:`sigma_at`)."""
-        log_sigma = torch.as_tensor(sigma, dtype=torch.float64).clamp(min=1e-10).log()
-        log_sigmas = self.sigmas.log()
+        """The continuous timestep whose sigma is ``sigma`` (inverse of :meth:`sigma_at`), on sigma's device."""
+        sigma = torch.as_tensor(sigma)
+        log_sigma = sigma.to(torch.float64).clamp(min=1e-10).log()
+        log_sigmas = self.log_sigmas_on(sigma.device)
         high = torch.searchsorted(log_sigmas, log_sigma.reshape(-1)).clamp(1, self.num_train_timesteps - 1)
         low = high - 1
         w = ((log_sigma.reshape(-1) - log_sigmas[low]) / (log_sigmas[high] - log_sigmas[low])).clamp(0, 1)
