@@ -1,0 +1,153 @@
+"""SRRL LoRA Trainer: Self-Reflective RL on the MODEL in the graph; the LoRA lands where LoraLoader finds it."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from srrl_core.training import SRRLTrainer, TrainConfig, check_lora_name
+from srrl_core.training.curves import render_curves
+
+from . import names
+from .comfy_policy import policy_from_host, trainable
+
+NO_FILE = "none"
+
+
+class StopTraining(Exception):
+    """Raised from a trainer callback when the user pressed Cancel."""
+
+
+class LoRATrainer:
+    DESCRIPTION = (
+        "Trains a LoRA with SRRL: reflective rounds, branched stochastic rollouts, reward-normalised best/worst "
+        "selection and PPO updates (arXiv 2505.22407). Cancel stops after the current update and still saves the LoRA."
+    )
+    CATEGORY = names.CATEGORY
+    FUNCTION = "train"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("MODEL", "STRING", "IMAGE")
+    RETURN_NAMES = ("model", "lora_name", "curves")
+    OUTPUT_TOOLTIPS = (
+        "The input model with the trained LoRA applied (strength 1).",
+        "The LoRA file name in the loras folder, as LoraLoader lists it.",
+        "Reward, loss and clip fraction per stage.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        import comfy.samplers
+
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model to train (SD1.x or SDXL); other patches on it are kept."}),
+                "clip": ("CLIP", {"tooltip": "Encodes the training prompts."}),
+                "vae": ("VAE", {"tooltip": "Decodes samples for the reward."}),
+                "reward": (names.REWARD, {"tooltip": "Judges the decoded samples (SRRL Reward Model Loader)."}),
+                "prompts": ("STRING", {"multiline": True, "default": "", "tooltip": "Training prompts, one per line (added to prompts_file)."}),
+                "lora_name": ("STRING", {"default": "srrl_lora", "tooltip": "File name in the loras folder (letters, digits, '.', '_', '-'). Also names the run folder used to resume."}),
+                "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Sample width in pixels."}),
+                "height": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Sample height in pixels."}),
+                "stages": ("INT", {"default": 10, "min": 1, "max": 1000, "tooltip": "Training stages (reference: 50). Each stage samples, selects and updates."}),
+                "prompts_per_stage": ("INT", {"default": 8, "min": 1, "max": 1024, "tooltip": "Prompts drawn per stage (reference: 32)."}),
+                "steps": ("INT", {"default": 20, "min": 2, "max": 200, "tooltip": "DDIM steps of every pass."}),
+                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "ddim_uniform", "tooltip": "Noise schedule of the passes."}),
+                "split_time": ("INT", {"default": 5, "min": 2, "max": 32, "tooltip": "Siblings per branching point (B²-DiffuRL)."}),
+                "max_rounds": ("INT", {"default": 9, "min": 0, "max": 32, "tooltip": "Most reflective rounds; the curriculum adds one every 5 stages."}),
+                "reflection_cfg": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "CFG of the reflective passes."}),
+                "rollout_cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "CFG of the recorded rollout and the update."}),
+                "inversion_cfg": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 30.0, "step": 0.05, "tooltip": "CFG w_b of the condition-guided forward process."}),
+                "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1e-2, "step": 1e-5, "round": 1e-7, "tooltip": "AdamW learning rate."}),
+                "lora_rank": ("INT", {"default": 4, "min": 1, "max": 128, "tooltip": "LoRA rank on every attention projection."}),
+                "lora_alpha": ("FLOAT", {"default": 4.0, "min": 0.1, "max": 256.0, "step": 0.1, "tooltip": "LoRA alpha (scale = alpha / rank)."}),
+                "seed": ("INT", {"default": 300, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Base seed; stage n uses seed + n."}),
+                "resume": ("BOOLEAN", {"default": True, "tooltip": "Continue the run of the same lora_name from its last checkpoint."}),
+            },
+            "optional": {
+                "prompts_file": (_prompt_files(), {"tooltip": "A .txt file in the input folder, one prompt per line."}),
+            },
+        }
+
+    def train(self, model, clip, vae, reward, prompts, lora_name, width, height, stages, prompts_per_stage, steps,
+              scheduler, split_time, max_rounds, reflection_cfg, rollout_cfg, inversion_cfg, learning_rate,
+              lora_rank, lora_alpha, seed, resume, prompts_file=NO_FILE):  # fmt: skip
+        import comfy.model_management
+        import comfy.sd
+        import comfy.utils
+        import folder_paths
+
+        check_lora_name(lora_name)
+        prompt_list = _read_prompts(prompts, prompts_file)
+        run_dir = os.path.join(folder_paths.get_output_directory(), "srrl_training", lora_name)
+        config = TrainConfig(
+            steps=steps, stages=stages, prompts_per_stage=prompts_per_stage, split_time=split_time,
+            max_rounds=max_rounds, reflection_scale=reflection_cfg, rollout_scale=rollout_cfg,
+            inversion_scale=inversion_cfg, learning_rate=learning_rate, lora_rank=lora_rank, lora_alpha=lora_alpha,
+            seed=seed, resume=resume, output_dir=run_dir, lora_name=lora_name, progress=False, **_curriculum(steps),
+        )  # fmt: skip
+        bar = comfy.utils.ProgressBar(stages)
+
+        def on_event(event: str, info: dict) -> None:
+            if comfy.model_management.processing_interrupted():
+                raise StopTraining  # the last completed update stays in the weights
+            if event == "stage_end":
+                bar.update_absolute(info["stage"] + 1, stages)
+
+        lora_path = os.path.join(folder_paths.get_folder_paths("loras")[0], f"{lora_name}.safetensors")
+        patched = model.clone()
+        with trainable(patched):
+            policy = policy_from_host(patched, clip, vae, width, height, scheduler, steps, name=_model_name(patched))
+            trainer = SRRLTrainer(policy, reward, prompt_list, config, callbacks=[on_event])
+            try:
+                trainer.train()
+            except StopTraining:
+                trainer.export_lora(lora_path, key_style="ldm")
+                comfy.model_management.throw_exception_if_processing_interrupted()
+            trainer.export_lora(lora_path, key_style="ldm")
+            history = list(trainer.history)
+        lora = comfy.utils.load_torch_file(lora_path, safe_load=True)
+        trained = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)[0]
+        curves = torch.from_numpy(render_curves(history))[None]
+        summary = f"SRRL LoRA '{lora_name}': {len(history)} stage(s) run, saved to {lora_path}"
+        return {"ui": {"text": [summary]}, "result": (trained, f"{lora_name}.safetensors", curves)}
+
+
+def _curriculum(steps: int) -> dict:
+    """The reference's split-step cycle 1, 5, 9, 13, 17 (for 20 steps), compressed to fit shorter schedules."""
+    period = min(5, steps)
+    stride = max(1, min(4, (steps - 1) // max(1, period - 1)))
+    return {"curriculum_period": period, "split_step_stride": stride}
+
+
+def _prompt_files() -> list[str]:
+    try:
+        import folder_paths
+    except ImportError:
+        return [NO_FILE]
+    folder = folder_paths.get_input_directory()
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".txt")) if os.path.isdir(folder) else []
+    return [NO_FILE] + files
+
+
+def _read_prompts(text: str, prompts_file: str) -> list[str]:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if prompts_file and prompts_file != NO_FILE:
+        import folder_paths
+
+        path = folder_paths.get_annotated_filepath(prompts_file)
+        if not os.path.isfile(path):
+            raise ValueError(f"prompts_file: {prompts_file!r} is not a file in the input folder")
+        with open(path, encoding="utf-8") as handle:
+            lines += [line.strip() for line in handle if line.strip()]
+    if not lines:
+        raise ValueError("prompts: give at least one training prompt (one per line here, or in prompts_file)")
+    return lines
+
+
+def _model_name(model) -> str:
+    return type(model.model.model_config).__name__
+
+
+NODE_CLASS_MAPPINGS = {names.LORA_TRAINER: LoRATrainer}
+NODE_DISPLAY_NAME_MAPPINGS = {names.LORA_TRAINER: names.DISPLAY_NAMES[names.LORA_TRAINER]}

@@ -1,0 +1,171 @@
+r"""Every setting of an SRRL training run, with the reference code's defaults, and the curriculum.
+
+The backward-progressive curriculum of B²-DiffuRL / SRRL over stages :math:`n = 0 \dots` ``stages - 1``:
+
+.. math::
+    \text{split\_step}(n) = s_0 + \Delta_s\,(n \bmod P),\qquad
+    K(n) = \min\big(\lfloor n / R \rfloor,\ K_{max}\big),\qquad
+    \text{seed}(n) = \text{seed} + n
+
+with :math:`s_0 = 1,\ \Delta_s = 4,\ P = 5` (split steps 1, 5, 9, 13, 17) and :math:`R = 5` (K = 0 ... 9 over 50
+stages). The reference seeds stage n with ``300 + (n mod 5)``, so every fifth stage replays the same noise; here
+every stage has its own seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..sampling.reflective import SELECTIONS
+from ..validation import check_choice, check_float, check_int
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """SRRL training settings. Defaults are the reference code's (SD1.4, 50 stages of 32 prompts)."""
+
+    # Sampling (all CFG scales are classifier-free guidance weights w).
+    steps: int = 20  # DDIM steps of every pass
+    rollout_scale: float = 5.0  # CFG of the recorded rollout and of the update's recomputed prediction
+    rollout_eta: float = 1.0  # DDIM eta of the recorded rollout (1 = DDPM posterior)
+    reflection_scale: float = 3.0  # CFG of the reflective denoising passes
+    reflection_eta: float = 0.0  # deterministic reflective passes
+    inversion_scale: float = 0.1  # CFG of the condition-guided forward process (DDIM inversion)
+    reflection_strength: float = 1.0  # how far back each round re-noises (1 = the whole schedule, the reference)
+    reflection_selection: str = "last"  # "last" (reference: no reward between rounds), "best", "softmax"
+    score_reflection_rounds: bool = False  # score every round (implied by "best"/"softmax"); logged per round
+    reflection_temperature: float = 1.0  # softmax selection temperature
+
+    # Curriculum.
+    stages: int = 50
+    prompts_per_stage: int = 32  # prompts drawn (with replacement) per stage, across all processes
+    split_time: int = 5  # siblings per branching point
+    split_step_start: int = 1
+    split_step_stride: int = 4
+    curriculum_period: int = 5  # split_step cycles with this period
+    rounds_every: int = 5  # one more reflective round every this many stages
+    max_rounds: int = 9
+    seed: int = 300
+
+    # Rewards -> advantages -> selection.
+    reward_history: int = 8  # earlier stages per prompt in the normalisation statistics
+    positive_threshold: float = 0.5  # keep a group's best sibling when its advantage >= this
+    negative_threshold: float = -0.5  # keep a group's worst sibling when its advantage < this
+
+    # PPO-clipped update.
+    epochs: int = 2
+    clip_range: float = 0.1
+    advantage_clip: float = 5.0
+    beta_positive: float = 1.0  # advantage weight for kept best siblings (A > 0)
+    beta_negative: float = 1.0  # advantage weight for kept worst siblings (A < 0)
+    learning_rate: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 1e-4
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    trajectories_per_update: int = 64  # gradient accumulation: one optimiser step per this many kept trajectories
+    micro_batch_size: int = 8  # transitions per forward/backward (each row has its own sigma)
+    timestep_fraction: float = 1.0  # train on this random fraction of each kept trajectory's transitions
+    kl_coef: float = 0.0  # KL penalty to the frozen base model (0: off, as the reference)
+    ema_decay: float = 0.0  # EMA of the LoRA weights (0: off)
+
+    # LoRA.
+    lora_rank: int = 4
+    lora_alpha: float = 4.0
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # module-name suffixes
+    lora_conv: bool = False  # also adapt the resnets' 3x3 convolutions
+
+    # Precision and memory.
+    mixed_precision: str = "no"  # autocast dtype of the update: "no", "fp16" (with a grad scaler), "bf16"
+    gradient_checkpointing: bool = False
+
+    # Output.
+    output_dir: str = "runs/srrl"
+    lora_name: str = "srrl_lora"
+    checkpoint_every: int = 1  # stages
+    keep_checkpoints: int = 2
+    resume: bool = True  # continue from output_dir's latest checkpoint when there is one
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        self.lora_targets = tuple(self.lora_targets)
+        self.validate()
+
+    def validate(self) -> "TrainConfig":
+        for name, low in (
+            ("steps", 1), ("stages", 1), ("prompts_per_stage", 1), ("split_time", 1), ("split_step_start", 1),
+            ("split_step_stride", 0), ("curriculum_period", 1), ("rounds_every", 1), ("max_rounds", 0), ("seed", 0),
+            ("reward_history", 0), ("epochs", 1), ("trajectories_per_update", 1), ("micro_batch_size", 1),
+            ("lora_rank", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
+        ):  # fmt: skip
+            check_int(name, getattr(self, name), low)
+        for name, low, high in (
+            ("rollout_scale", 0.0, None), ("reflection_scale", 0.0, None), ("inversion_scale", 0.0, None),
+            ("reflection_eta", 0.0, 1.0), ("reflection_strength", 0.0, 1.0), ("reflection_temperature", 1e-6, None),
+            ("clip_range", 0.0, 1.0), ("advantage_clip", 0.0, None), ("beta_positive", 0.0, None),
+            ("beta_negative", 0.0, None), ("learning_rate", 0.0, 1.0), ("adam_beta1", 0.0, 0.999999),
+            ("adam_beta2", 0.0, 0.999999), ("weight_decay", 0.0, 1.0), ("adam_epsilon", 0.0, 1.0),
+            ("max_grad_norm", 0.0, None), ("timestep_fraction", 1e-6, 1.0), ("kl_coef", 0.0, None),
+            ("ema_decay", 0.0, 0.999999), ("lora_alpha", 1e-6, None),
+        ):  # fmt: skip
+            check_float(name, getattr(self, name), low, high)
+        check_float("rollout_eta", self.rollout_eta, 1e-3, 1.0)  # PPO needs a stochastic rollout
+        check_float("positive_threshold", self.positive_threshold)
+        check_float("negative_threshold", self.negative_threshold, high=self.positive_threshold)
+        check_choice("reflection_selection", self.reflection_selection, SELECTIONS)
+        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        if not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets):
+            raise ValueError(f"lora_targets must be a non-empty list of module-name suffixes, got {self.lora_targets!r}")
+        largest = self.split_step(self.curriculum_period - 1)
+        if largest > self.steps:
+            raise ValueError(
+                f"split_step_start + split_step_stride * (curriculum_period - 1) must be <= steps ({self.steps}), "
+                f"got {largest}"
+            )
+        return self
+
+    # The curriculum -------------------------------------------------------------------------------------------
+
+    def split_step(self, stage: int) -> int:
+        """How many final denoising steps stage ``stage`` branches and trains."""
+        return self.split_step_start + self.split_step_stride * (stage % self.curriculum_period)
+
+    def rounds(self, stage: int) -> int:
+        """Reflective rounds K before the recorded rollout of stage ``stage``."""
+        return min(stage // self.rounds_every, self.max_rounds)
+
+    def stage_seed(self, stage: int) -> int:
+        return self.seed + stage
+
+    @property
+    def scores_rounds(self) -> bool:
+        return self.score_reflection_rounds or self.reflection_selection != "last"
+
+    # Serialisation --------------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["lora_targets"] = list(self.lora_targets)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """Build from a mapping, rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; valid settings are {sorted(known)}")
+        return cls(**values)
+
+
+def replace(config: TrainConfig, **changes) -> TrainConfig:
+    """A validated copy of ``config`` with ``changes``."""
+    return dataclasses.replace(config, **changes)
+
+
+__all__ = ["MIXED_PRECISION", "TrainConfig", "replace"]

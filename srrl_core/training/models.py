@@ -1,0 +1,178 @@
+"""Base models for the trainer by name: ``build_policy({"name": ..., **options}, steps) -> PolicyModel``.
+
+Built in:
+
+* ``"tiny"``: a seeded, randomly initialised toy-width SD-layout UNet, a hashed-word text encoder and a fixed
+  latent -> RGB decode. Nothing is downloaded; it exists so the CLI and tests run anywhere.
+* ``"diffusers"``: a Stable Diffusion (1.x / 2.x / XL) pipeline from a local diffusers folder, or from a
+  single-file checkpoint together with a local diffusers folder holding its configs (``config``), so that
+  diffusers never reaches for the Hub.
+* ``"toy"``: the toy-world base model shipped in ``srrl_core/toyworld`` (pixel space, no VAE).
+
+Register more with :func:`register_model`.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Callable
+
+import torch
+
+from ..adapters.diffusers_unet import DiffusersDenoiser, TextConditioning, encode_prompts
+from ..sampling.schedules import ddim_sigmas
+from ..validation import check_choice, check_int
+from .policy import PolicyModel
+
+ModelBuilder = Callable[..., PolicyModel]  # builder(steps=..., **options) -> PolicyModel
+_BUILDERS: dict[str, ModelBuilder] = {}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# The noise schedule Stable Diffusion 1.x ships with.
+SD_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}  # fmt: skip
+
+
+def register_model(name: str, builder: ModelBuilder) -> None:
+    """Make ``builder(steps=..., **options)`` available as ``build_policy({"name": name, **options}, steps)``."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"model name must be an identifier such as 'tiny', got {name!r}")
+    _BUILDERS[name] = builder
+
+
+def available_models() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build_policy(spec: dict | str, steps: int) -> PolicyModel:
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = spec.pop("name", "tiny")
+    check_choice("model name", name, _BUILDERS)
+    return _BUILDERS[name](steps=steps, **spec)
+
+
+# tiny -----------------------------------------------------------------------------------------------------------
+
+
+class HashTextEncoder(torch.nn.Module):
+    """Words -> crc32 buckets -> a seeded embedding (+ position): [B, length, dim]. Stable across processes."""
+
+    def __init__(self, dim: int = 32, length: int = 8, vocab: int = 1024, seed: int = 0):
+        super().__init__()
+        self.length, self.vocab = length, vocab
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.tokens = torch.nn.Embedding(vocab, dim)
+            self.positions = torch.nn.Parameter(torch.randn(length, dim) * 0.1)
+        self.requires_grad_(False)
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        ids = torch.zeros(len(prompts), self.length, dtype=torch.long)  # 0: padding
+        for i, prompt in enumerate(prompts):
+            words = prompt.lower().split()[: self.length]
+            ids[i, : len(words)] = torch.tensor([1 + zlib.crc32(w.encode()) % (self.vocab - 1) for w in words], dtype=torch.long)
+        return ids
+
+    def forward(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenize(list(prompts)).to(self.positions.device)
+        return self.tokens(ids) + self.positions
+
+
+def tiny_unet(seed: int = 0, sample_size: int = 8, cross_attention_dim: int = 32):
+    """A UNet2DConditionModel with the SD1.x block layout at toy width (~0.8 M parameters)."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            layers_per_block=1, cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=8,
+        )  # fmt: skip
+    return unet.eval().requires_grad_(False)
+
+
+def latents_to_rgb(latents: torch.Tensor) -> torch.Tensor:
+    """The tiny model's decoder: sigmoid of the first three latent channels, as images [B, h, w, 3]."""
+    return torch.sigmoid(latents[:, :3].float()).permute(0, 2, 3, 1)
+
+
+def build_tiny(steps: int, seed: int = 0, sample_size: int = 8, device: str = "cpu") -> PolicyModel:
+    check_int("sample_size", sample_size, 8)
+    unet = tiny_unet(seed, sample_size).to(device)
+    text = HashTextEncoder(seed=seed + 1).to(device)
+    denoiser = DiffusersDenoiser(unet, SD_SCHEDULER_CONFIG)
+    return PolicyModel(
+        network=unet, denoiser=denoiser, parametrization=denoiser.parametrization,
+        encode=lambda prompts: TextConditioning(text(prompts)), negative=TextConditioning(text([""])),
+        decode=latents_to_rgb, sigmas=ddim_sigmas(SD_SCHEDULER_CONFIG, steps)[0], latent_shape=(4, sample_size, sample_size),
+        lora_key_style="diffusers", name=f"tiny(seed={seed}, sample_size={sample_size})",
+    )  # fmt: skip
+
+
+# diffusers ------------------------------------------------------------------------------------------------------
+
+
+def build_diffusers(
+    steps: int, path: str, config: str | None = None, dtype: str = "fp16", device: str = "cuda", resolution: int | None = None
+) -> PolicyModel:
+    """A Stable Diffusion pipeline from a local folder, or a single file with a local ``config`` folder."""
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    check_choice("dtype", dtype, DTYPES)
+    torch_dtype = DTYPES[dtype]
+    if os.path.isdir(path):
+        pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True, safety_checker=None)
+    elif os.path.isfile(path):
+        if config is None or not os.path.isdir(config):
+            raise ValueError(
+                f"config must be a local diffusers folder (model_index.json and component configs) for the single-file "
+                f"checkpoint {path}, got {config!r}; without it diffusers downloads the configs from the Hub"
+            )
+        pipe = StableDiffusionPipeline.from_single_file(path, config=config, local_files_only=True, torch_dtype=torch_dtype)
+    else:
+        raise ValueError(f"path must be a diffusers folder or a .safetensors/.ckpt file, got {path!r}")
+    pipe.to(device)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.requires_grad_(False).eval()
+    denoiser = DiffusersDenoiser.from_pipeline(pipe)
+    size = (resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
+    vae = pipe.vae
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        return (images.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+
+    return PolicyModel(
+        network=pipe.unet, denoiser=denoiser, parametrization=denoiser.parametrization,
+        encode=lambda prompts: encode_prompts(pipe, list(prompts)), negative=encode_prompts(pipe, [""]),
+        decode=decode, sigmas=ddim_sigmas(pipe.scheduler.config, steps)[0],
+        latent_shape=(pipe.unet.config.in_channels, size, size), lora_key_style="diffusers", name=os.path.basename(os.path.normpath(path)),
+    )  # fmt: skip
+
+
+# toy ------------------------------------------------------------------------------------------------------------
+
+
+def build_toy(steps: int, device: str = "cpu", weights_dir: str | None = None) -> PolicyModel:
+    from ..toyworld import model as toy
+
+    model = toy.load_toy_model(device=device, weights_dir=weights_dir)
+    denoiser = DiffusersDenoiser(model.unet, model.scheduler_config)
+    size = model.image_size
+    return PolicyModel(
+        network=model.unet, denoiser=denoiser, parametrization=denoiser.parametrization,
+        encode=lambda prompts: TextConditioning(toy.encode_prompts(model, list(prompts))),
+        negative=TextConditioning(toy.negative_embedding(model)), decode=toy.images_from_model,
+        sigmas=ddim_sigmas(model.scheduler_config, steps)[0], latent_shape=(3, size, size), lora_key_style="diffusers", name="toyworld",
+    )  # fmt: skip
+
+
+register_model("tiny", build_tiny)
+register_model("diffusers", build_diffusers)
+register_model("toy", build_toy)

@@ -1,0 +1,121 @@
+r"""One stage's samples: reflective rounds, then a recorded rollout that branches near its end.
+
+For P prompts (rows prompt-major throughout):
+
+1. **Reflection** (no gradients, current policy): K rounds of deterministic DDIM at CFG ``reflection_scale`` and
+   DDIM inversion at CFG ``inversion_scale`` (:func:`srrl_core.sampling.reflect`), from
+   :math:`x_T \sim \mathcal N(0, I)`. Optionally every round is scored and the best candidate carried on.
+2. **Recorded rollout** from the reflected latent: DDIM with ``rollout_eta`` at CFG ``rollout_scale``. Its first
+   :math:`N - \text{split\_step}` steps run once per prompt (the shared prefix); there each trajectory forks into
+   G = ``split_time`` siblings that finish the schedule with independent noise, recording latents, next latents
+   and log-probabilities of their ``split_step`` transitions.
+
+Every random stream is seeded from (run seed, stage, stream, global row), so a row's samples do not depend on how
+the rows are split over processes or batches, and a stage replays exactly after a resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..sampling.ddim import transition_std
+from ..sampling.noise import BranchNoise
+from ..sampling.reflective import reflect
+from ..sampling.samplers import OnStep, prior_latent, sample
+from .config import TrainConfig
+from .policy import PolicyModel
+
+# Random streams of a stage.
+PROMPTS, START, REFLECTION, PREFIX, BRANCH, SHUFFLE, GLOBAL = range(7)
+
+
+def derive_seed(*keys: int) -> int:
+    """A well-mixed 63-bit seed for a tuple of non-negative integers (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def row_noise(seed: int, stage: int, stream: int, rows: range) -> BranchNoise:
+    return BranchNoise([derive_seed(seed, stage, stream, r) for r in rows])
+
+
+@dataclass
+class Rollout:
+    """A stage's recorded siblings on one process: P local prompts x G siblings, S = split_step transitions."""
+
+    prompts: list[str]  # [P]
+    latents: torch.Tensor  # [S, P*G, C, h, w] state before each transition
+    next_latents: torch.Tensor  # [S, P*G, C, h, w]
+    sigmas: torch.Tensor  # [S]
+    next_sigmas: torch.Tensor  # [S]
+    log_probs: torch.Tensor  # [S, P*G]
+    trainable: torch.Tensor  # [S] bool: the transition is stochastic (varsigma > 0)
+    final: torch.Tensor  # [P*G, C, h, w] clean results
+    round_scores: list[torch.Tensor]  # one [P] per scored reflective round
+    model_calls: int
+
+    @property
+    def siblings(self) -> int:
+        return self.final.shape[0] // len(self.prompts)
+
+
+def collect_rollout(
+    policy: PolicyModel,
+    cond,
+    prompts: list[str],
+    config: TrainConfig,
+    stage: int,
+    first_row: int,
+    score: Callable[[torch.Tensor, list[str]], torch.Tensor] | None = None,
+    on_step: OnStep = None,
+) -> Rollout:
+    """Sample stage ``stage`` for ``prompts`` (global rows ``first_row`` ...) with conditioning ``cond`` [P]."""
+    prompt_count, siblings = len(prompts), config.split_time
+    rows = range(first_row, first_row + prompt_count)
+    seed, calls = config.seed, [0]
+
+    def count() -> None:
+        calls[0] += 1
+        if on_step is not None:
+            on_step()
+
+    with torch.no_grad():
+        guided = policy.guided(cond)
+        device = policy.device
+        noise = row_noise(seed, stage, START, rows).randn_like(torch.empty((prompt_count,) + tuple(policy.latent_shape)))
+        x = prior_latent(guided, noise.to(device), policy.sigmas[0])
+        sigmas, round_scores = policy.sigmas, []
+        rounds = config.rounds(stage)
+        if rounds:
+            score_fn = (lambda latents: score(latents, prompts)) if config.scores_rounds and score is not None else None
+            state = reflect(
+                guided, x, sigmas, rounds=rounds, scale=config.reflection_scale, eta=config.reflection_eta,
+                inversion_scale=config.inversion_scale, strength=config.reflection_strength,
+                noise=row_noise(seed, stage, REFLECTION, rows) if config.reflection_eta > 0 else None,
+                score_fn=score_fn, selection=config.reflection_selection if score_fn else "last",
+                temperature=config.reflection_temperature,
+                generator=torch.Generator().manual_seed(derive_seed(seed, stage, REFLECTION, first_row)), on_step=count,
+            )  # fmt: skip
+            x, sigmas = state.latent, state.sigmas
+            round_scores = [r.scores.flatten() for r in state.rounds if r.scores is not None]
+        split_step = config.split_step(stage)
+        branch_at = sigmas.numel() - 1 - split_step
+        if branch_at < 0:
+            raise ValueError(
+                f"reflection_strength ({config.reflection_strength}) leaves {sigmas.numel() - 1} steps after re-noising, "
+                f"fewer than split_step {split_step} of stage {stage}; raise reflection_strength or lower the split steps"
+            )
+        if branch_at > 0:
+            x = sample(guided, x, sigmas[: branch_at + 1], scale=config.rollout_scale, eta=config.rollout_eta,
+                       noise=row_noise(seed, stage, PREFIX, rows), on_step=count).latent  # fmt: skip
+        branch_rows = range(first_row * siblings, (first_row + prompt_count) * siblings)
+        out = sample(guided, x.repeat_interleave(siblings, dim=0), sigmas[branch_at:], scale=config.rollout_scale,
+                     eta=config.rollout_eta, noise=row_noise(seed, stage, BRANCH, branch_rows), record=True,
+                     on_step=count)  # fmt: skip
+    t = out.trajectory
+    trainable = transition_std(policy.parametrization, t.sigmas.float(), t.next_sigmas.float(), config.rollout_eta) > 0
+    return Rollout(list(prompts), t.latents, t.next_latents, t.sigmas.float(), t.next_sigmas.float(), t.log_probs,
+                   trainable, out.latent, round_scores, calls[0])  # fmt: skip

@@ -1,0 +1,442 @@
+r"""The SRRL trainer: stages of reflective rollouts with branching, selection and PPO-clipped LoRA updates.
+
+One stage n (see :mod:`.rollout`, :mod:`.selection`, :mod:`.ppo`):
+
+1. draw ``prompts_per_stage`` prompts; each process samples its share: K(n) reflective rounds, then a rollout
+   that forks into G siblings for the last split_step(n) steps;
+2. score the siblings' decoded images, gather the scores of all processes and normalise them per prompt with
+   the history of up to ``reward_history`` earlier stages (:class:`srrl_core.rewards.PerPromptNormalizer`);
+3. keep each group's best sibling if :math:`A \ge \tau_+` and its worst if :math:`A < \tau_-`;
+4. ``epochs`` passes over the kept transitions in shuffled micro-batches (each row at its own noise level):
+   recompute the CFG-guided prediction with LoRA, :math:`\log p_\theta` by :func:`srrl_core.sampling.ddim_log_prob`,
+   the clipped surrogate (plus the optional KL penalty), and take an AdamW step every
+   ``trajectories_per_update`` kept trajectories' worth of transitions, clipping the gradient norm.
+
+A stage that keeps nothing logs a warning and skips its update. A non-finite loss stops training with
+:class:`TrainingDiverged` naming the stage and step; the last checkpoint (written only at the end of good
+stages) stays the latest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..rewards.normalization import PerPromptNormalizer
+from ..sampling.ddim import ddim_log_prob
+from ..sampling.reflective import planned_model_calls
+from .checkpoint import latest_checkpoint, load_checkpoint, model_fingerprint, same_model, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .distributed import SingleProcess
+from .export import check_lora_name, export_lora
+from .lora import LoraEMA, add_lora, adapters_disabled, load_lora_state_dict, lora_parameters, lora_state_dict
+from .metrics import MetricsWriter
+from .policy import PolicyModel, take_rows
+from .ppo import approx_kl, clip_advantages, ppo_clip_loss, transition_kl
+from .rollout import GLOBAL, PROMPTS, SHUFFLE, Rollout, collect_rollout, derive_seed
+from .selection import select_siblings
+
+logger = logging.getLogger(__name__)
+
+Callback = Callable[[str, dict], None]  # (event, info); raise from it to stop training
+RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]  # (images [B, H, W, 3] in [0, 1], prompts) -> [B]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the stage and step."""
+
+
+@dataclass
+class Transitions:
+    """Kept transitions on one process, flattened over (trajectory, step)."""
+
+    latents: torch.Tensor  # [T, C, h, w]
+    next_latents: torch.Tensor
+    sigmas: torch.Tensor  # [T]
+    next_sigmas: torch.Tensor
+    log_probs: torch.Tensor  # [T] rollout log-probabilities
+    advantages: torch.Tensor  # [T] clipped and weighted
+    rows: torch.Tensor  # [T] local prompt index (conditioning row)
+
+    def __len__(self) -> int:
+        return self.sigmas.shape[0]
+
+    def take(self, index: torch.Tensor) -> "Transitions":
+        return Transitions(*(t[index.to(t.device)] for t in vars(self).values()))
+
+
+def kept_transitions(
+    rollout: Rollout, keep: torch.Tensor, advantages: torch.Tensor, config: TrainConfig, generator: torch.Generator
+) -> Transitions:
+    """The trainable transitions of kept siblings (optionally a random ``timestep_fraction`` of each)."""
+    siblings = rollout.siblings
+    steps = rollout.trainable.nonzero().flatten().cpu()
+    per_trajectory = max(1, round(config.timestep_fraction * steps.numel())) if steps.numel() else 0
+    step_index, row_index = [], []
+    for row in keep.flatten().nonzero().flatten().tolist():
+        chosen = steps if per_trajectory == steps.numel() else steps[torch.randperm(steps.numel(), generator=generator)[:per_trajectory]]
+        step_index.append(chosen)
+        row_index.append(torch.full_like(chosen, row))
+    s = torch.cat(step_index) if step_index else torch.zeros(0, dtype=torch.long)
+    r = torch.cat(row_index) if row_index else torch.zeros(0, dtype=torch.long)
+    weighted = clip_advantages(advantages, config.advantage_clip, config.beta_positive, config.beta_negative)
+    sd, rd = s.to(rollout.latents.device), r.to(rollout.latents.device)  # the whole rollout lives on one device
+    return Transitions(
+        rollout.latents[sd, rd], rollout.next_latents[sd, rd], rollout.sigmas[sd], rollout.next_sigmas[sd],
+        rollout.log_probs[sd, rd].float(), weighted[r].float(), r // siblings,
+    )  # fmt: skip
+
+
+def transition_losses(
+    policy: PolicyModel, cond, batch: Transitions, config: TrainConfig, autocast: Callable = contextlib.nullcontext
+) -> tuple[torch.Tensor, dict]:
+    """Per-transition losses [B] (clipped surrogate + KL penalty) of a micro-batch, with the graph for backward.
+
+    One guided model call evaluates all B transitions, each at its own noise level (2B network rows with CFG).
+    """
+    param, device = policy.parametrization, policy.device
+    x, x_next = batch.latents.to(device).float(), batch.next_latents.to(device).float()
+    sigma, sigma_next = batch.sigmas.to(device), batch.next_sigmas.to(device)
+    guided = policy.guided(take_rows(cond, batch.rows))
+    with autocast():
+        denoised = guided(x, sigma, config.rollout_scale).float()
+    log_prob = ddim_log_prob(param, x, denoised, sigma, sigma_next, x_next, config.rollout_eta)
+    old = batch.log_probs.to(device)
+    losses, ratio = ppo_clip_loss(log_prob, old, batch.advantages.to(device), config.clip_range)
+    stats = {
+        "loss": float(losses.detach().sum()), "approx_kl": float(approx_kl(log_prob.detach(), old).sum()),
+        "clip_fraction": float(((ratio.detach() - 1).abs() > config.clip_range).float().sum()),
+        "ratio": float(ratio.detach().sum()), "kl": 0.0,
+    }  # fmt: skip
+    if config.kl_coef > 0:
+        with torch.no_grad(), adapters_disabled(policy.network), autocast():
+            reference = guided(x, sigma, config.rollout_scale).float()
+        kl = transition_kl(param, x, denoised, reference, sigma, sigma_next, config.rollout_eta)
+        losses = losses + config.kl_coef * kl
+        stats["kl"] = float(kl.detach().sum())
+    return losses, stats
+
+
+class SRRLTrainer:
+    """Train a LoRA on ``policy`` with SRRL. Construct, then :meth:`train`.
+
+    Args:
+        policy: the model bundle (:class:`PolicyModel`); LoRA is injected into ``policy.network`` here.
+        reward: ``reward(images, prompts) -> Tensor[B]``, e.g. any :class:`srrl_core.rewards.Reward`.
+        prompts: the training prompts; each stage draws ``prompts_per_stage`` of them with replacement.
+        config: :class:`TrainConfig` (reference defaults when omitted).
+        distributed: :class:`~.distributed.AccelerateProcesses` for several processes; one process by default.
+        callbacks: ``callback(event, info)`` for "stage_start", "model_call", "optimizer_step" (gradients
+            synchronised and clipped, before the step), "stage_end" and "checkpoint". Raising stops training.
+    """
+
+    def __init__(
+        self,
+        policy: PolicyModel,
+        reward: RewardFn,
+        prompts: Sequence[str],
+        config: TrainConfig | None = None,
+        *,
+        distributed=None,
+        callbacks: Sequence[Callback] = (),
+    ):
+        self.config = config = (config or TrainConfig()).validate()
+        prompts = list(prompts) if not isinstance(prompts, str) else [prompts]
+        if not prompts:
+            raise ValueError("prompts must hold at least one non-empty prompt, got an empty list")
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"prompts[{i}] must be a non-empty string, got {prompt!r}")
+        check_lora_name(config.lora_name)
+        if policy.steps != config.steps:
+            raise ValueError(f"policy.sigmas must hold steps + 1 = {config.steps + 1} levels, got {policy.sigmas.numel()}")
+        self.dist = distributed or SingleProcess()
+        if config.prompts_per_stage % self.dist.world_size:
+            raise ValueError(f"prompts_per_stage ({config.prompts_per_stage}) must be a multiple of the number of processes ({self.dist.world_size})")
+        self.policy, self.reward, self.prompts = policy, reward, prompts
+        self.callbacks = list(callbacks)
+        self.fingerprint = model_fingerprint(policy.network)  # before injection: base weights only
+        self.params = add_lora(policy.network, rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets,
+                               key_style=policy.lora_key_style, conv=config.lora_conv, seed=config.seed)  # fmt: skip
+        if config.gradient_checkpointing:
+            if not hasattr(policy.network, "enable_gradient_checkpointing"):
+                raise ValueError("gradient_checkpointing needs a network with enable_gradient_checkpointing() (diffusers models)")
+            policy.network.enable_gradient_checkpointing()
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                                           weight_decay=config.weight_decay, eps=config.adam_epsilon)  # fmt: skip
+        device_type = policy.device.type
+        self.scaler = torch.amp.GradScaler(device_type) if config.mixed_precision == "fp16" else None
+        self.ema = LoraEMA(self.params, config.ema_decay) if config.ema_decay > 0 else None
+        self.normalizer = PerPromptNormalizer(history=config.reward_history)
+        self.stage = 0
+        self.optimizer_steps = 0
+        self.history: list[dict] = []
+        self.metrics = MetricsWriter(config.output_dir, config.tensorboard, enabled=self.dist.is_main)
+        self.resumed_from = self._resume() if config.resume else None
+
+    # Public API -------------------------------------------------------------------------------------------------
+
+    def train(self, stages: int | None = None) -> dict:
+        """Run stages ``self.stage`` ... until ``config.stages`` (or ``stages`` more); returns a summary."""
+        end = self.config.stages if stages is None else min(self.config.stages, self.stage + stages)
+        start, started = self.stage, time.perf_counter()
+        bar = _progress(range(start, end), self.config.progress and self.dist.is_main)
+        try:
+            for stage in bar:
+                metrics = self.run_stage(stage)
+                self.stage = stage + 1
+                if self.stage % self.config.checkpoint_every == 0 or self.stage == end:
+                    self.save_checkpoint()
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", kept=metrics["kept_trajectories"])
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()
+        lora_path = self.export_lora() if self.dist.is_main and self.stage == self.config.stages else None
+        self.dist.barrier()
+        ran = [h for h in self.history if h["stage"] >= start]
+        summary = {
+            "stages_run": len(ran), "stage": self.stage, "stages": self.config.stages,
+            "resumed_from": self.resumed_from, "optimizer_steps": self.optimizer_steps,
+            "kept_trajectories": sum(h["kept_trajectories"] for h in ran),
+            "skipped_updates": sum(1 for h in ran if h["kept_trajectories"] == 0),
+            "reward_mean_first": ran[0]["reward_mean"] if ran else None,
+            "reward_mean_last": ran[-1]["reward_mean"] if ran else None,
+            "model_calls": sum(h["model_calls"] for h in ran), "seconds": time.perf_counter() - started,
+            "lora_path": lora_path, "output_dir": self.config.output_dir,
+        }  # fmt: skip
+        logger.info("SRRL training finished: %s", summary)
+        return summary
+
+    def run_stage(self, stage: int) -> dict:
+        """Sample, score, select and update for stage ``stage``; returns its metrics."""
+        config, dist = self.config, self.dist
+        _seed_everything(derive_seed(config.seed, stage, GLOBAL, dist.rank))
+        started = time.perf_counter()
+        split_step, rounds = config.split_step(stage), config.rounds(stage)
+        self._emit("stage_start", stage=stage, split_step=split_step, rounds=rounds,
+                   planned_model_calls=planned_model_calls(config.steps, rounds, config.reflection_strength))  # fmt: skip
+        all_prompts = self.stage_prompts(stage)
+        local = len(all_prompts) // dist.world_size
+        first = dist.rank * local
+        prompts = all_prompts[first : first + local]
+        with torch.no_grad():
+            self._cond = self.policy.encode(prompts)
+        with self._autocast():
+            rollout = collect_rollout(self.policy, self._cond, prompts, config, stage, first, self._score,
+                                      on_step=lambda: self._emit("model_call", stage=stage))  # fmt: skip
+        rewards = dist.gather(self._score(rollout.final, prompts).float())
+        row_prompts = [p for p in all_prompts for _ in range(config.split_time)]
+        advantages = self.normalizer(rewards, row_prompts)
+        local_adv = advantages[first * config.split_time : (first + local) * config.split_time]
+        keep = select_siblings(local_adv.view(local, config.split_time), config.positive_threshold, config.negative_threshold)
+        shuffle = torch.Generator().manual_seed(derive_seed(config.seed, stage, SHUFFLE, dist.rank))
+        samples = kept_transitions(rollout, keep, local_adv, config, shuffle)
+        counts = dist.all_reduce_sum_(torch.tensor([int(keep.sum()), len(samples)], dtype=torch.float64))
+        kept, transitions = int(counts[0]), int(counts[1])
+        metrics = {
+            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
+            "reward_max": float(rewards.max()), "reward_min": float(rewards.min()),
+            "kept_trajectories": kept, "kept_transitions": transitions, "split_step": split_step,
+            "reflection_rounds": rounds, "model_calls": rollout.model_calls,
+        }  # fmt: skip
+        for k, scores in enumerate(rollout.round_scores):
+            metrics[f"round_reward_mean/{k}"] = float(dist.gather(scores.float()).mean())
+        if transitions == 0:
+            logger.warning("stage %d kept no trajectory (thresholds %+g / %+g); skipping its update",
+                           stage, config.positive_threshold, config.negative_threshold)  # fmt: skip
+        else:
+            per_trajectory = transitions / kept
+            metrics.update(self._update(samples, stage, shuffle, max(1, round(config.trajectories_per_update * per_trajectory))))
+        metrics["seconds"] = time.perf_counter() - started
+        del self._cond
+        self.history.append({"stage": stage, **metrics})
+        self.metrics.write(stage, metrics)
+        self._emit("stage_end", stage=stage, metrics=metrics)
+        return metrics
+
+    def stage_prompts(self, stage: int) -> list[str]:
+        """The prompts of stage ``stage`` across all processes (drawn with replacement, seeded by the stage)."""
+        g = torch.Generator().manual_seed(derive_seed(self.config.seed, stage, PROMPTS))
+        return [self.prompts[i] for i in torch.randint(len(self.prompts), (self.config.prompts_per_stage,), generator=g).tolist()]
+
+    def lora_path(self) -> str:
+        return os.path.join(self.config.output_dir, f"{self.config.lora_name}.safetensors")
+
+    def export_lora(self, path: str | None = None, key_style: str | None = None, dtype: torch.dtype = torch.float16) -> str:
+        """Write the (EMA, when enabled) LoRA as kohya-style safetensors; ``key_style`` "ldm" converts a diffusers
+        UNet's names with its config."""
+        path = path or self.lora_path()
+        style = key_style or self.policy.lora_key_style
+        unet_config = getattr(self.policy.network, "config", None)
+        meta = {"srrl_stage": self.stage, "srrl_base_model": self.policy.name, "ss_network_dim": self.config.lora_rank,
+                "ss_network_alpha": self.config.lora_alpha}  # fmt: skip
+        with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
+            return export_lora(self.policy.network, path, key_style=style, unet_config=unet_config, dtype=dtype, metadata=meta)
+
+    def save_checkpoint(self) -> str | None:
+        """Checkpoint the completed stages (main process); returns the folder."""
+        folder = None
+        if self.dist.is_main:
+            state = {
+                "config": self.config.to_dict(), "fingerprint": self.fingerprint, "base_model": self.policy.name,
+                "normalizer": self.normalizer.state_dict(), "optimizer_steps": self.optimizer_steps,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None, "history": self.history,
+            }  # fmt: skip
+            folder = save_checkpoint(
+                self.config.output_dir, self.stage, lora=lora_state_dict(self.policy.network),
+                ema=self._ema_state(), optimizer=self.optimizer.state_dict(), state=state, keep=self.config.keep_checkpoints,
+            )  # fmt: skip
+            self._emit("checkpoint", stage=self.stage, folder=folder)
+        self.dist.barrier()
+        return folder
+
+    # Internals ----------------------------------------------------------------------------------------------------
+
+    def _score(self, latents: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Rewards [rows] for clean latents whose rows are prompt-major over ``prompts``."""
+        per_prompt = latents.shape[0] // len(prompts)
+        row_prompts = [p for p in prompts for _ in range(per_prompt)]
+        scores = []
+        with torch.no_grad():
+            for start in range(0, latents.shape[0], self.config.micro_batch_size):
+                chunk = latents[start : start + self.config.micro_batch_size]
+                images = self.policy.decode(chunk).float()
+                scores.append(torch.as_tensor(self.reward(images, row_prompts[start : start + chunk.shape[0]])).float().cpu())
+        return torch.cat(scores)
+
+    def _update(self, samples: Transitions, stage: int, generator: torch.Generator, per_update: int) -> dict:
+        """``epochs`` shuffled passes; one optimiser step per ``per_update`` transitions (global)."""
+        config, dist = self.config, self.dist
+        total = int(dist.all_reduce_sum_(torch.tensor([len(samples)], dtype=torch.float64))[0])
+        steps_per_epoch = max(1, math.ceil(total / per_update))
+        sums = {"loss": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0, "kl": 0.0, "ratio": 0.0}
+        grad_norms = []
+        for epoch in range(config.epochs):
+            order = torch.randperm(len(samples), generator=generator)
+            chunks = torch.tensor_split(order, steps_per_epoch)
+            step_sizes = dist.all_reduce_sum_(torch.tensor([float(len(c)) for c in chunks], dtype=torch.float64))
+            for step, chunk in enumerate(chunks):
+                loss_sum = torch.zeros((), dtype=torch.float64)
+                for micro in chunk.split(config.micro_batch_size):
+                    loss, stats = self._micro_batch(samples.take(micro), float(step_sizes[step]))
+                    loss_sum += float(loss.detach()) * float(step_sizes[step])
+                    for key, value in stats.items():
+                        sums[key] += value
+                grad_norms.append(self._optimizer_step(stage, epoch, step, loss_sum))
+        count = config.epochs * total
+        out = {f"{k}_mean": float(dist.all_reduce_sum_(torch.tensor([v], dtype=torch.float64))[0]) / count for k, v in sums.items()}
+        if config.kl_coef == 0:
+            del out["kl_mean"]
+        out["grad_norm_mean"] = float(np.mean(grad_norms))
+        out["optimizer_steps"] = len(grad_norms)
+        return out
+
+    def _micro_batch(self, batch: Transitions, step_total: float) -> tuple[torch.Tensor, dict]:
+        """Forward + backward of one micro-batch; the loss is divided by the step's global transition count."""
+        losses, stats = transition_losses(self.policy, self._cond, batch, self.config, self._autocast)
+        loss = losses.sum() / step_total
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        return loss, stats
+
+    def _optimizer_step(self, stage: int, epoch: int, step: int, loss_sum: torch.Tensor) -> float:
+        """Sum gradients (and the loss, to check it) over processes, clip, step."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.flatten().double() for g in grads] + [loss_sum.reshape(1).to(grads[0].device)])
+        flat = self.dist.all_reduce_sum_(flat)
+        if not torch.isfinite(flat[-1]):
+            last = latest_checkpoint(self.config.output_dir)
+            raise TrainingDiverged(
+                f"non-finite loss at stage {stage}, epoch {epoch}, optimiser step {step} of the stage; the last good "
+                f"checkpoint is {last or 'none (no stage completed yet)'}"
+            )
+        offset = 0
+        for p, g in zip(self.params, grads):
+            p.grad = flat[offset : offset + g.numel()].view_as(g).to(p.dtype)
+            offset += g.numel()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm))
+        if not math.isfinite(norm) and self.scaler is None:  # with fp16 the scaler skips such steps
+            raise TrainingDiverged(f"non-finite gradient norm at stage {stage}, epoch {epoch}, optimiser step {step}; "
+                                   f"the last good checkpoint is {latest_checkpoint(self.config.output_dir)}")
+        self._emit("optimizer_step", stage=stage, epoch=epoch, step=step, grad_norm=norm, loss=float(flat[-1]))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
+        self.optimizer_steps += 1
+        return norm
+
+    def _autocast(self):
+        if self.config.mixed_precision == "no":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.mixed_precision == "bf16" else torch.float16
+        return torch.autocast(self.policy.device.type, dtype=dtype)
+
+    def _ema_state(self) -> dict[str, torch.Tensor] | None:
+        if self.ema is None:
+            return None
+        with self.ema.applied():
+            return lora_state_dict(self.policy.network)
+
+    def _resume(self) -> str | None:
+        folder = latest_checkpoint(self.config.output_dir)
+        if folder is None:
+            return None
+        checkpoint = load_checkpoint(folder)
+        if not same_model(checkpoint.state["fingerprint"], self.fingerprint):
+            raise ValueError(
+                f"the checkpoint in {folder} was trained on a different base model ({checkpoint.state.get('base_model')!r}, "
+                f"fingerprint {checkpoint.state['fingerprint']['shapes_sha256'][:12]}) than this one ({self.policy.name!r}, "
+                f"{self.fingerprint['shapes_sha256'][:12]}); use another output_dir or resume=False"
+            )
+        if checkpoint.ema is not None and self.ema is not None:
+            load_lora_state_dict(self.policy.network, checkpoint.ema)
+            self.ema.shadow = [p.detach().clone() for p in lora_parameters(self.policy.network)]
+        load_lora_state_dict(self.policy.network, checkpoint.lora)
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        if self.scaler is not None and checkpoint.state.get("scaler"):
+            self.scaler.load_state_dict(checkpoint.state["scaler"])
+        self.normalizer = PerPromptNormalizer.from_state_dict(checkpoint.state["normalizer"])
+        self.stage = checkpoint.stage
+        self.optimizer_steps = int(checkpoint.state.get("optimizer_steps", 0))
+        self.history = list(checkpoint.state.get("history", []))
+        set_rng_state(*checkpoint.rng)
+        logger.info("resumed from %s at stage %d", folder, self.stage)
+        return folder
+
+    def _emit(self, event: str, **info) -> None:
+        for callback in self.callbacks:
+            callback(event, info)
+
+
+def _seed_everything(seed: int) -> None:
+    """Each stage starts every global generator from its own seed (LoRA dropout, user rewards), so a stage
+    replays exactly after a resume."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _progress(iterable, enabled: bool):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc="SRRL stages", unit="stage")

@@ -1,0 +1,112 @@
+"""The LoRA Trainer node end to end in the real host: in-process, then over HTTP with the stock LoraLoader."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from srrl_core.rewards.base import Reward
+
+from .hostlib import TINY_CKPT_NAME
+
+
+class Brightness(Reward):
+    name = "brightness"
+
+    def _score(self, images, prompts):
+        return images.mean(dim=(1, 2, 3))
+
+
+TRAIN_ARGS = dict(
+    prompts="a bright sky\na dark cave", width=64, height=64, stages=2, prompts_per_stage=2, steps=4,
+    scheduler="ddim_uniform", split_time=2, max_rounds=1, reflection_cfg=3.0, rollout_cfg=5.0, inversion_cfg=0.1,
+    learning_rate=1e-3, lora_rank=4, lora_alpha=4.0, seed=300, resume=False,
+)  # fmt: skip
+
+
+def test_trainer_node_writes_a_lora_the_host_loads(comfy_inprocess):
+    pack = comfy_inprocess.load_pack()
+    import folder_paths
+    from safetensors.torch import load_file
+
+    node = pack.nodes.lora_trainer.LoRATrainer()
+    model = comfy_inprocess.model
+    before = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+    with torch.inference_mode():
+        out = node.train(model, comfy_inprocess.clip, comfy_inprocess.vae, Brightness(), lora_name="srrl_test_inproc", **TRAIN_ARGS)
+    trained, name, curves = out["result"]
+    path = os.path.join(folder_paths.get_folder_paths("loras")[0], name)
+    tensors = load_file(path)
+    downs = [k for k in tensors if k.endswith(".lora_down.weight")]
+    assert downs and all(k.startswith("lora_unet_") for k in tensors)
+    assert any("input_blocks_1_1_transformer_blocks_0_attn1_to_q" in k for k in downs)
+    assert curves.shape[0] == 1 and curves.shape[-1] == 3
+    # The host's own model is the base model again: same module tree, same weights.
+    after = model.model.diffusion_model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert len(trained.patches) > 0  # the returned MODEL carries the LoRA as host patches
+
+
+def test_bad_trainer_inputs(comfy_inprocess):
+    pack = comfy_inprocess.load_pack()
+    node = pack.nodes.lora_trainer.LoRATrainer()
+    args = TRAIN_ARGS | {"prompts": "  \n"}
+    with torch.inference_mode(), pytest.raises(ValueError, match="prompts: give at least one training prompt"):
+        node.train(comfy_inprocess.model, comfy_inprocess.clip, comfy_inprocess.vae, Brightness(), lora_name="x", **args)
+    with torch.inference_mode(), pytest.raises(ValueError, match="lora_name must be"):
+        node.train(comfy_inprocess.model, comfy_inprocess.clip, comfy_inprocess.vae, Brightness(),
+                   lora_name="../escape", **TRAIN_ARGS)
+
+
+def sample_prompt(lora_name=None, strength=0.0, prefix="lora_check"):
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT_NAME}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a bright sky", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"seed": 11, "steps": 4, "cfg": 5.0, "sampler_name": "euler",
+              "scheduler": "normal", "denoise": 1.0, "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+              "latent_image": ["4", 0]}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"filename_prefix": prefix, "images": ["6", 0]}},
+    }  # fmt: skip
+    if lora_name is not None:
+        prompt["8"] = {"class_type": "LoraLoader", "inputs": {"lora_name": lora_name, "strength_model": strength,
+                       "strength_clip": 0.0, "model": ["1", 0], "clip": ["1", 1]}}  # fmt: skip
+        prompt["5"]["inputs"]["model"] = ["8", 0]
+    return prompt
+
+
+def pixels(server, prompt, tmp_path):
+    _, entry, files = server.run_workflow(prompt, timeout=600, out_dir=tmp_path)
+    assert entry["status"]["status_str"] == "success"
+    with Image.open(files[0]) as image:
+        return np.asarray(image).astype(np.int16)
+
+
+def test_trainer_workflow_then_stock_lora_loader(comfy_server, tmp_path):
+    train = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT_NAME}},
+        "2": {"class_type": "SRRLRewardModelLoader", "inputs": {"backend": "brightness_band", "weights": "none",
+              "aux_file": "none", "clip_architecture": "ViT-H-14", "vlm_endpoint": "", "vlm_model": "",
+              "api_key_env": "", "rule": "", "on_failure": "raise", "fallback_score": 0.0, "device": "auto",
+              "dtype": "auto", "options": json.dumps({"low": 0.9, "high": 1.0, "softness": 1.0})}},
+        "3": {"class_type": "SRRLLoRATrainer", "inputs": {**TRAIN_ARGS, "lora_name": "srrl_ci_http", "model": ["1", 0],
+              "clip": ["1", 1], "vae": ["1", 2], "reward": ["2", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"filename_prefix": "srrl_ci_curves", "images": ["3", 2]}},
+    }  # fmt: skip
+    _, entry, _ = comfy_server.run_workflow(train, timeout=900, out_dir=tmp_path / "train")
+    assert entry["status"]["status_str"] == "success"
+    assert "srrl_ci_http.safetensors" in comfy_server.object_info("LoraLoader")["LoraLoader"]["input"]["required"]["lora_name"][0]
+    base = pixels(comfy_server, sample_prompt(prefix="base"), tmp_path / "base")
+    zero = pixels(comfy_server, sample_prompt("srrl_ci_http.safetensors", 0.0, "zero"), tmp_path / "zero")
+    full = pixels(comfy_server, sample_prompt("srrl_ci_http.safetensors", 1.0, "full"), tmp_path / "full")
+    assert np.array_equal(zero, base)
+    assert np.abs(full - base).max() > 0
