@@ -32,6 +32,22 @@ def sd15_unet():
     return unet.eval().requires_grad_(False)
 
 
+class NullNetwork(torch.nn.Module):
+    """A stand-in UNet that costs nothing: what remains of a run's time is the engine's own overhead."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, added_cond_kwargs=None):
+        return UNetOutput(sample)
+
+
+class UNetOutput:
+    def __init__(self, sample):
+        self.sample = sample
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -39,11 +55,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=16, help="latent side")
     parser.add_argument("--strength", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", choices=("tiny", "sd15"), default="tiny", help="sd15: SD1.5-shaped UNet, random weights")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
@@ -57,7 +76,7 @@ def main() -> None:
     rows = args.branches
     noise = torch.randn(rows, 4, args.size, args.size, generator=gen).to(device, dtype)
 
-    def reflective() -> int:
+    def reflective(guided=guided) -> int:
         result = reflective_sample(
             guided, prior_latent(guided, noise, sigmas[0]), sigmas, rounds=args.rounds, branches=args.branches,
             scale=3.0, eta=0.5, inversion_scale=0.1, strength=args.strength, noise=BranchNoise.for_batch(0, rows),
@@ -85,13 +104,15 @@ def main() -> None:
     with torch.no_grad():
         plain_loop()
         pairs = [(timed(reflective), timed(plain_loop)) for _ in range(args.repeats)]
+        null = ClassifierFreeGuidance(DiffusersDenoiser(NullNetwork(dtype), SD_SCHEDULER_CONFIG), guided.positive, guided.negative)
+        overhead_ms = 1000 * statistics.median(timed(lambda: reflective(null)) for _ in range(args.repeats)) / calls
     ratios = [r / p for r, p in pairs]
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-    print(f"| machine | model | latent | K | G | steps | strength | model calls | reflective s | plain loop s | ratio (median of {args.repeats}) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| machine | model | latent | K | G | steps | strength | model calls | reflective s | plain loop s | ratio (median of {args.repeats}) | engine ms/call (null network) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(
         f"| {machine} | {args.model} {args.dtype} | {args.size}x{args.size} | {args.rounds} | {args.branches} | {args.steps} | {args.strength} | {calls} | "
-        f"{statistics.median(r for r, _ in pairs):.3f} | {statistics.median(p for _, p in pairs):.3f} | {statistics.median(ratios):.3f} |"
+        f"{statistics.median(r for r, _ in pairs):.3f} | {statistics.median(p for _, p in pairs):.3f} | {statistics.median(ratios):.3f} | {overhead_ms:.2f} |"
     )
 
 

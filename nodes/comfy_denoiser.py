@@ -24,8 +24,15 @@ from srrl_core.sampling import EpsilonPrediction, Parametrization, RectifiedFlow
 def parametrization_of(model) -> Parametrization:
     """The noise space of a ComfyUI ModelPatcher's model_sampling (only alpha and std matter: the host's
     denoiser already returns x0, whatever the network predicts)."""
-    names = {cls.__name__ for cls in type(model.model.model_sampling).__mro__}
+    names = {cls.__name__ for cls in type(model_sampling(model)).__mro__}
     return RectifiedFlow() if "CONST" in names else EpsilonPrediction()
+
+
+def model_sampling(model):
+    """The model's sampling object, including a replacement a patch node installed (ModelSamplingDiscrete ...)."""
+    if hasattr(model, "get_model_object"):  # current ComfyUI
+        return model.get_model_object("model_sampling")
+    return model.object_patches.get("model_sampling", model.model.model_sampling)  # the March-2024 host
 
 
 def to_branch_major(x: torch.Tensor, branches: int) -> torch.Tensor:
@@ -98,7 +105,7 @@ def host_sigmas(model, scheduler: str, steps: int) -> torch.Tensor:
     import comfy.samplers
 
     if hasattr(comfy.samplers, "calculate_sigmas"):  # current ComfyUI
-        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
+        sigmas = comfy.samplers.calculate_sigmas(model_sampling(model), scheduler, steps)
     else:  # the March-2024 host takes the inner model
         sigmas = comfy.samplers.calculate_sigmas_scheduler(model.model, scheduler, steps)
     return sigmas.detach().float().cpu()

@@ -16,7 +16,7 @@ import torch
 from srrl_core.training import PolicyModel
 from srrl_core.training.lora import remove_lora
 
-from .comfy_denoiser import host_sigmas, parametrization_of
+from .comfy_denoiser import host_sigmas, model_sampling, parametrization_of
 
 
 @dataclass
@@ -40,7 +40,7 @@ def training_sigmas(model, scheduler: str, steps: int) -> torch.Tensor:
     """The host schedule, ending at the model's smallest noise level instead of 0: the stochastic rollout's last
     transition must keep a variance for its log-probability (diffusers' DDIM ends there too)."""
     sigmas = host_sigmas(model, scheduler, steps).double()
-    sigma_min = float(model.model.model_sampling.sigma_min)
+    sigma_min = float(model_sampling(model).sigma_min)
     if sigmas[-1] == 0 and sigmas[-2] > sigma_min:
         sigmas[-1] = sigma_min
     return sigmas

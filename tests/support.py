@@ -57,3 +57,25 @@ class GaussianDenoiser:
         a, b = self.parametrization.alpha(s), self.parametrization.std(s)
         var = self.data_std**2
         return cond + a * var / (a**2 * var + b**2) * (x - a * cond)
+
+
+def load_pack(module_name: str = "ComfyUI-SRRL"):
+    """Import this checkout as a custom-node package the way ComfyUI does (a package named after its folder,
+    loaded from the repository's __init__.py), so the pack's relative imports work and its ``nodes`` package never
+    shadows ComfyUI's own ``nodes`` module."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(module_name, root / "__init__.py", submodule_search_locations=[str(root)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    return module

@@ -6,10 +6,13 @@ import sys
 import pytest
 import torch
 
-from nodes import names, reward_loader, reward_scorer
-from nodes.reward_loader import RewardModelLoader, register_model_folders
-from nodes.reward_scorer import RewardScorer
 from tests.rewards_support import builders, fake_folder_paths
+from tests.support import load_pack
+
+_nodes = load_pack("srrl_pack_unit_tests").nodes  # as ComfyUI loads the pack: no top-level `nodes` module
+names, reward_loader, reward_scorer = _nodes.names, _nodes.reward_loader, _nodes.reward_scorer
+RewardModelLoader, register_model_folders = reward_loader.RewardModelLoader, reward_loader.register_model_folders
+RewardScorer = reward_scorer.RewardScorer
 from tests.rewards_support.judge_server import JudgeServer
 
 

@@ -447,23 +447,10 @@ class InProcessHost:
         return [[cond, {"pooled_output": pooled}]]
 
     def load_pack(self, module_name: str = PACK_LINK_NAME):
-        """Import this checkout as a custom-node package the way ComfyUI does (a package named after its
-        folder, loaded from <repo>/__init__.py), so the pack's relative imports work."""
-        init = REPO / "__init__.py"
-        if not init.is_file():
-            raise FileNotFoundError(f"{init} does not exist (the pack has no entry point yet)")
-        mod = sys.modules.get(module_name)
-        if mod is not None:
-            return mod
-        spec = importlib.util.spec_from_file_location(module_name, init, submodule_search_locations=[str(REPO)])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = mod
-        try:
-            spec.loader.exec_module(mod)
-        except BaseException:
-            sys.modules.pop(module_name, None)
-            raise
-        return mod
+        """Import this checkout as a custom-node package the way ComfyUI does (tests.support.load_pack)."""
+        from tests.support import load_pack
+
+        return load_pack(module_name)
 
 
 def load_inprocess(host: Path, checkpoint: Path) -> InProcessHost:
