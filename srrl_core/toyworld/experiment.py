@@ -1,0 +1,79 @@
+"""Measuring physical compliance of a policy on the toy world: with or without reflection, with intervals.
+
+Shared by the main job (``python -m srrl_core.demo``) and the benchmark (``bench/bench_toyworld.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..sampling import BranchNoise, derived_seeds, prior_latent, reflective_sample
+from .verifiers import ToyPhysicsReward, compliance
+
+
+@dataclass
+class Evaluation:
+    compliant: torch.Tensor  # [N] bool, one per (prompt, seed), prompt-major
+    images: torch.Tensor  # [N, H, W, 3] the chosen results
+    round_images: list[torch.Tensor]  # per batch: every pass's candidates [passes * P * G, H, W, 3]
+    model_calls: int
+
+    @property
+    def rate(self) -> float:
+        return float(self.compliant.float().mean())
+
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(int(self.compliant.sum()), self.compliant.numel())
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95% by default)."""
+    if trials == 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@torch.no_grad()
+def evaluate(
+    policy,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    rounds: int = 0,
+    branches: int = 1,
+    scale: float = 4.0,
+    strength: float = 1.0,
+    eta: float = 0.0,
+    batch_size: int = 32,
+) -> Evaluation:
+    """Compliance of every (prompt, seed): plain DDIM when ``rounds`` = 0, else reward-driven reflection (best
+    candidate of all rounds, judged by the graded verifier reward)."""
+    reward = ToyPhysicsReward()
+    pairs = [(p, s) for p in prompts for s in seeds]
+    chosen, candidates, calls = [], [], 0
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        chunk_prompts = [p for p, _ in chunk]
+        rows = [s for _, s in chunk for _ in range(branches)]
+        noise = BranchNoise([seed * 1000 + g for seed in (s for _, s in chunk) for g in range(branches)])
+        x = noise.randn_like(torch.empty((len(rows),) + tuple(policy.latent_shape))).to(policy.device)
+        guided = policy.guided(policy.encode(chunk_prompts))
+        row_prompts = [p for p in chunk_prompts for _ in range(branches)]
+        score = (lambda latents: reward(policy.decode(latents).float(), row_prompts)) if rounds or branches > 1 else None
+        result = reflective_sample(
+            guided, prior_latent(guided, x, policy.sigmas[0]), policy.sigmas, rounds=rounds, branches=branches,
+            scale=scale, eta=eta, strength=strength, score_fn=score, selection="best" if score else "last",
+            noise=BranchNoise(derived_seeds(start, len(rows), stream=1)) if eta > 0 else None,
+        )  # fmt: skip
+        chosen.append(policy.decode(result.latent).float().cpu())
+        candidates.append(policy.decode(result.all_latents).float().cpu())
+        calls += result.model_calls
+    images = torch.cat(chosen)
+    return Evaluation(compliance(images, [p for p, _ in pairs]).bool(), images, candidates, calls)
