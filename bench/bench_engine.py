@@ -27,9 +27,10 @@ def sd15_unet():
     """The Stable Diffusion 1.5 UNet architecture with random weights (no download)."""
     from diffusers import UNet2DConditionModel
 
+    from gpu_sd15_training import SD15_UNET
+
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-    return unet.eval().requires_grad_(False)
+    return UNet2DConditionModel(**SD15_UNET).eval().requires_grad_(False)
 
 
 class NullNetwork(torch.nn.Module):

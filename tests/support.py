@@ -4,39 +4,8 @@ from __future__ import annotations
 
 import torch
 
-# The noise schedule Stable Diffusion 1.x ships with (scheduler_config.json of the SD1.4/1.5 repositories).
-SD_SCHEDULER_CONFIG = {
-    "_class_name": "DDIMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "leading",
-}
-
-
-def tiny_unet(seed: int = 0, cross_attention_dim: int = 32, sample_size: int = 8):
-    """A UNet2DConditionModel with the SD1.x block layout at toy width, initialised from ``seed``."""
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=1,
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-    return unet.eval().requires_grad_(False)
+# The SD1.x noise schedule and a seeded toy UNet live with the trainer's model builders; tests share them.
+from srrl_core.training.models import SD_SCHEDULER_CONFIG, tiny_unet  # noqa: E402,F401
 
 
 class GaussianDenoiser:
