@@ -28,14 +28,14 @@ from .toyworld.verifiers import ToyPhysicsReward
 from .training import SRRLTrainer, TrainConfig, build_policy
 from .training.curves import render_curves
 
-STEPS = 20
+STEPS = 10  # DDIM steps of every pass: enough for the 32 px toy model, and keeps the job to minutes on 2 cores
 SCALE = 4.0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="output/demo", help="folder for report.html and summary.json")
-    parser.add_argument("--stages", type=int, default=6, help="SRRL training stages")
+    parser.add_argument("--stages", type=int, default=12, help="SRRL training stages")
     parser.add_argument("--eval-prompts", type=int, default=12, help="held-out prompts for compliance")
     parser.add_argument("--eval-seeds", type=int, default=4, help="seeds per held-out prompt")
     parser.add_argument("--max-rounds", type=int, default=3, help="largest K shown in the reflection part")
@@ -55,8 +55,8 @@ def main(argv=None) -> int:
 
     print(f"[demo] 2/3 SRRL training, {args.stages} stages")
     config = TrainConfig(
-        steps=STEPS, stages=args.stages, prompts_per_stage=8, split_time=4, rounds_every=2, max_rounds=1,
-        rollout_scale=SCALE, learning_rate=3e-4, trajectories_per_update=16, micro_batch_size=16,
+        steps=STEPS, stages=args.stages, prompts_per_stage=6, split_time=3, split_step_stride=2, rounds_every=2,
+        max_rounds=1, rollout_scale=SCALE, learning_rate=3e-4, trajectories_per_update=12, micro_batch_size=16,
         output_dir=os.path.join(args.out, "run"), lora_name="toyworld_srrl", tensorboard=False, resume=False,
     )  # fmt: skip
     trainer = SRRLTrainer(policy, ToyPhysicsReward(), sample_prompts("train", 64, seed=0), config)

@@ -280,6 +280,9 @@ def apply_overrides(prompt: dict, sets=(), seed=None, prompt_text=None, rounds=N
                 if isinstance(inputs.get(t), str):
                     inputs[t] = prompt_text
                     say(f"set {node_id}.{t} = {prompt_text!r}")
+        for node_id, name in _literal_inputs(prompt, ("reward_prompt",)):  # what SRRL's reward judges against
+            prompt[node_id]["inputs"][name] = prompt_text
+            say(f"set {node_id}.{name} = {prompt_text!r}")
 
     for spec in sets:
         node_id, name, text = parse_set(spec) if isinstance(spec, str) else spec
