@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 # The SD1.x noise schedule and a seeded toy UNet live with the trainer's model builders; tests share them.
 from srrl_core.training.models import SD_SCHEDULER_CONFIG, tiny_unet  # noqa: E402,F401
 
@@ -28,23 +26,32 @@ class GaussianDenoiser:
         return cond + a * var / (a**2 * var + b**2) * (x - a * cond)
 
 
-def load_pack(module_name: str = "ComfyUI-SRRL"):
-    """Import this checkout as a custom-node package the way ComfyUI does (a package named after its folder,
-    loaded from the repository's __init__.py), so the pack's relative imports work and its ``nodes`` package never
-    shadows ComfyUI's own ``nodes`` module."""
+def load_module_from_path(name: str, path, package: bool = False):
+    """Import a file as module ``name`` (cached in sys.modules), whatever pytest's import mode is; with
+    ``package`` the file is a package's ``__init__.py`` and its relative imports work."""
     import importlib.util
     import sys
     from pathlib import Path
 
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location(module_name, root / "__init__.py", submodule_search_locations=[str(root)])
+    module = sys.modules.get(name)
+    if module is not None and Path(getattr(module, "__file__", "") or "").resolve() == Path(path).resolve():
+        return module
+    locations = [str(Path(path).parent)] if package else None
+    spec = importlib.util.spec_from_file_location(name, path, submodule_search_locations=locations)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
+    sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        sys.modules.pop(module_name, None)
+        sys.modules.pop(name, None)
         raise
     return module
+
+
+def load_pack(module_name: str = "ComfyUI-SRRL"):
+    """Import this checkout as a custom-node package the way ComfyUI does (a package named after its folder,
+    loaded from the repository's __init__.py), so the pack's relative imports work and its ``nodes`` package never
+    shadows ComfyUI's own ``nodes`` module."""
+    from pathlib import Path
+
+    return load_module_from_path(module_name, Path(__file__).resolve().parents[1] / "__init__.py", package=True)

@@ -27,6 +27,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import load_module_from_path
+
 REPO = Path(__file__).resolve().parents[2]
 PACK_LINK_NAME = "ComfyUI-SRRL"
 TINY_CKPT_NAME = "srrl_tiny_sd15.safetensors"
@@ -59,22 +61,6 @@ def check_host(path: Path | None = None) -> Path:
     if not (path / "main.py").is_file() or not (path / "comfy").is_dir():
         raise HostMissing(f"no ComfyUI host at {path}; " + INSTALL_HINT.format(dir=path))
     return path
-
-
-def load_module_from_path(name: str, path: Path):
-    """Import a file as module `name` (cached in sys.modules), whatever pytest's import mode is."""
-    mod = sys.modules.get(name)
-    if mod is not None and Path(getattr(mod, "__file__", "") or "").resolve() == Path(path).resolve():
-        return mod
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return mod
 
 
 def headless_client():
