@@ -110,3 +110,29 @@ def test_trainer_workflow_then_stock_lora_loader(comfy_server, tmp_path):
     full = pixels(comfy_server, sample_prompt("srrl_ci_http.safetensors", 1.0, "full"), tmp_path / "full")
     assert np.array_equal(zero, base)
     assert np.abs(full - base).max() > 0
+
+
+def test_cancel_keeps_the_last_good_lora(comfy_inprocess):
+    pack = comfy_inprocess.load_pack()
+    import folder_paths
+
+    management = comfy_inprocess.import_module("comfy.model_management")
+
+    class CancelOnSecondStage(Brightness):
+        calls = 0
+
+        def _score(self, images, prompts):
+            CancelOnSecondStage.calls += 1
+            if CancelOnSecondStage.calls == 2:  # Cancel pressed while stage 1 is being scored
+                management.interrupt_current_processing(True)
+            return super()._score(images, prompts)
+
+    path = os.path.join(folder_paths.get_folder_paths("loras")[0], "srrl_test_cancel.safetensors")
+    if os.path.exists(path):
+        os.remove(path)
+    node = pack.nodes.lora_trainer.LoRATrainer()
+    with torch.inference_mode(), pytest.raises(management.InterruptProcessingException):
+        node.train(comfy_inprocess.model, comfy_inprocess.clip, comfy_inprocess.vae, CancelOnSecondStage(),
+                   lora_name="srrl_test_cancel", **(TRAIN_ARGS | {"stages": 3}))  # fmt: skip
+    assert os.path.isfile(path)  # written from the weights after the last completed update
+    assert not any(".lora_" in name for name, _ in comfy_inprocess.model.model.diffusion_model.named_parameters())

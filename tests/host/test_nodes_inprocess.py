@@ -115,3 +115,25 @@ def test_bad_inputs_name_the_input(host):
         with pytest.raises(ValueError, match="reward_prompt"):
             node.sample(inproc.model, pos, neg, {"samples": torch.zeros(1, 4, 8, 8)}, vae=inproc.vae,
                         reward=Brightness(), **sampler_args(selection="best"))
+
+
+def test_cancel_stops_within_one_model_call(host):
+    inproc, pack, _ = host
+    management = inproc.import_module("comfy.model_management")
+    calls = []
+
+    def wrapper(apply_model, args):
+        calls.append(1)
+        if len(calls) == 3:  # the user presses Cancel during the third model call
+            management.interrupt_current_processing(True)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model = inproc.model.clone()
+    model.set_model_unet_function_wrapper(wrapper)
+    pos, neg = inproc.encode("x"), inproc.encode("")
+    with torch.inference_mode(), pytest.raises(management.InterruptProcessingException):
+        pack.nodes.reflective_sampler.ReflectiveSampler().sample(
+            model, pos, neg, {"samples": torch.zeros(1, 4, 8, 8)}, **sampler_args(rounds=2)
+        )
+    assert len(calls) == 3
+    assert not management.processing_interrupted()  # the host's flag was consumed
