@@ -8,7 +8,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-PANELS = (("reward_mean", "reward (mean per stage)"), ("loss", "PPO loss"), ("clip_fraction", "clip fraction"))
+PANELS = (("reward_mean", "reward (mean per stage)"), ("loss_mean", "PPO loss"), ("clip_fraction_mean", "clip fraction"))
 PANEL_W, PANEL_H, MARGIN = 360, 220, 36
 
 
