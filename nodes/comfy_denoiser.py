@@ -14,7 +14,7 @@ i mod P, so the host sees branch-major rows (g * P + p). The adapter converts at
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -48,11 +48,11 @@ def to_prompt_major(x: torch.Tensor, branches: int) -> torch.Tensor:
 class HostGuidedDenoiser:
     """srrl_core's ``guided(x, sigma, scale) -> x0`` over the host's CFG-wrapped denoiser."""
 
-    def __init__(self, model_k, extra_args: dict, parametrization: Parametrization, branches: int, on_call: Callable[[], None]):
+    def __init__(self, model_k, extra_args: dict, parametrization: Parametrization, branches: int, on_call: HostProgress):
         self.parametrization = parametrization
         self.branches = branches
         self._model_k = model_k
-        self._on_call = on_call
+        self._progress = on_call
         self._scale = 1.0
         options = dict(extra_args.get("model_options", {}))
         self._user_cfg = options.get("sampler_cfg_function")
@@ -68,15 +68,22 @@ class HostGuidedDenoiser:
         return args["uncond"] + (args["cond"] - args["uncond"]) * self._scale
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, scale: float) -> torch.Tensor:
-        self._on_call()
+        self._progress.before_call()
         self._scale = float(scale)
         sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).expand(x.shape[0])
-        denoised = self._model_k(to_branch_major(x, self.branches), sigma, **self._extra_args)
+        x_host = to_branch_major(x, self.branches)
+        denoised = self._model_k(x_host, sigma, **self._extra_args)
+        self._progress.after_call(x_host, sigma, denoised)
         return to_prompt_major(denoised, self.branches)
 
 
-def host_sampler(parametrization: Parametrization, branches: int, on_call: Callable[[], None], routine):
-    """A host ``KSAMPLER`` that runs ``routine(guided, x, sigmas) -> latents`` with x and the result prompt-major."""
+def host_sampler(parametrization: Parametrization, branches: int, on_call: HostProgress, routine):
+    """A host ``KSAMPLER`` that runs ``routine(guided, x, sigmas) -> latents`` with x and the result prompt-major.
+
+    The ``callback`` the host hands the sampler function is not used: KSAMPLER fixes its total to the host's
+    schedule length, while a reflective run makes several passes over it. ``on_call`` reports every model call
+    to the host's preview/progress callback with the run's true total instead.
+    """
     import comfy.samplers
 
     def sampler_function(model_k, x, sigmas, extra_args=None, callback=None, disable=None, **_):
@@ -86,18 +93,35 @@ def host_sampler(parametrization: Parametrization, branches: int, on_call: Calla
     return comfy.samplers.KSAMPLER(sampler_function)
 
 
-def progress(total: int) -> Callable[[], None]:
-    """Advance the host's progress bar once per model call; raise at once when the user pressed Cancel."""
-    import comfy.model_management
-    import comfy.utils
+class HostProgress:
+    """Per model call: before it, raise at once when the user pressed Cancel; after it, hand the host's
+    preview/progress callback what a k-diffusion sampler hands it — (call index, denoised x0, x, total) — so the
+    canvas shows a live latent preview and the progress bar advances once per call."""
 
-    bar = comfy.utils.ProgressBar(total)
+    def __init__(self, total: int, callback: Callable[[int, torch.Tensor, torch.Tensor, int], None] | None):
+        self.total = total
+        self.calls = 0
+        self._callback = callback
 
-    def on_call() -> None:
+    def before_call(self) -> None:
+        import comfy.model_management
+
         comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update(1)
 
-    return on_call
+    def after_call(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> None:
+        # Never report past the planned total (the host's bar clamps, but the preview would say "done" early).
+        step = min(self.calls, self.total - 1)
+        self.calls += 1
+        if self._callback is not None:
+            self._callback(step, denoised, x, self.total)
+
+
+def progress(model, total: int) -> HostProgress:
+    """Progress and live previews for ``total`` planned model calls, through the host's own
+    ``latent_preview.prepare_callback`` (it owns the ProgressBar and honours ``--preview-method``)."""
+    import latent_preview
+
+    return HostProgress(total, latent_preview.prepare_callback(model, total))
 
 
 def host_sigmas(model, scheduler: str, steps: int) -> torch.Tensor:

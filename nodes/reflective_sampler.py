@@ -73,7 +73,7 @@ class ReflectiveSampler:
             selection = "last"  # nothing to rank by: reflect like the reference code
         prompts_count = latent.shape[0]
         sigmas = host_sigmas(model, scheduler, steps)
-        on_call = progress(planned_model_calls(steps, rounds, renoise_strength))
+        on_call = progress(model, planned_model_calls(steps, rounds, renoise_strength))
         holder = {}
 
         def routine(guided, x, schedule):

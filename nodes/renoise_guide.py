@@ -65,7 +65,7 @@ class RenoiseGuide:
                 "strength: a flow model re-noised to sigma 1 is pure noise that a stock sampler cannot resume from a "
                 "LATENT; use strength < 1 or the SRRL Reflective Sampler"
             )
-        on_call = progress(path.numel() - 1)
+        on_call = progress(model, path.numel() - 1)
 
         def routine(guided, x, schedule):
             return invert(guided, x, schedule, scale=inversion_cfg)

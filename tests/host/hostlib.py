@@ -162,7 +162,9 @@ def _host_supports(host: Path, flag: str) -> bool:
 def server_command(host: Path, port: int, output_dir: Path, input_dir: Path, temp_dir: Path, user_dir: Path):
     cmd = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
            "--output-directory", str(output_dir), "--input-directory", str(input_dir),
-           "--temp-directory", str(temp_dir), "--deterministic"]
+           "--temp-directory", str(temp_dir), "--deterministic",
+           # Live latent previews on (the host default is none): tests/host/test_previews.py checks them.
+           "--preview-method", "latent2rgb"]
     if use_cpu():
         cmd.append("--cpu")
     # Flags of current ComfyUI that the March-2024 host does not have.
