@@ -8,7 +8,7 @@
                      input_dir, log_path, get_json/post_json, run_workflow); stopped at the end of the session
   comfy_inprocess    session: the host imported in this process with the tiny checkpoint loaded by
                      comfy.sd.load_checkpoint_guess_config (hostlib.InProcessHost; `model, clip, vae = ...`)
-  headless           the workflows/run_headless.py module
+  headless           the srrl_core.headless package (the headless client)
   stock_workflow     a fresh copy of tests/fixtures/stock_sd15_api.json (API format)
 
 Install the host with tests/host/install_host.sh (see docs/headless.md and that script).
@@ -66,7 +66,7 @@ def comfy_inprocess(comfy_prepared):
 
 @pytest.fixture(scope="session")
 def headless():
-    return hostlib.headless_client()
+    return hostlib.headless
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from srrl_core import headless
 from tests.support import load_module_from_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,11 +62,6 @@ def check_host(path: Path | None = None) -> Path:
     if not (path / "main.py").is_file() or not (path / "comfy").is_dir():
         raise HostMissing(f"no ComfyUI host at {path}; " + INSTALL_HINT.format(dir=path))
     return path
-
-
-def headless_client():
-    """workflows/run_headless.py as a module."""
-    return load_module_from_path("srrl_run_headless", REPO / "workflows" / "run_headless.py")
 
 
 def tiny_sd15_module():
@@ -242,8 +238,7 @@ class ComfyServer:
 
     def run_workflow(self, prompt: dict, timeout=300.0, out_dir=None, types=("output",)):
         """Queue `prompt` with the headless client and wait: (prompt_id, history entry, downloaded paths)."""
-        client = headless_client()
-        return client.run(self.base_url, prompt, out_dir=out_dir, timeout=timeout, use_websocket=False,
+        return headless.run(self.base_url, prompt, out_dir=out_dir, timeout=timeout, use_websocket=False,
                           types=types)
 
 

@@ -1,19 +1,20 @@
-"""workflows/run_headless.py: offline parts (overrides, names, downloads from a fake server) and against the
-real ComfyUI server (the stock SD1.5 workflow on the tiny checkpoint)."""
+"""The headless client (srrl_core.headless): offline parts (overrides, names, downloads from a fake server, the
+command-line entry points) and against the real ComfyUI server (the stock SD1.5 workflow on the tiny checkpoint)."""
 from __future__ import annotations
 
 import http.server
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
 
 import pytest
 
+from srrl_core import headless as client
 from tests.host import hostlib
-
-client = hostlib.headless_client()
 
 
 def _png(path):
@@ -151,6 +152,30 @@ def test_bad_workflow_file_exit_code(tmp_path, capsys):
     path.write_text("{not json")
     assert client.main([str(path)]) == client.EXIT_USAGE
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def _python(*args, cwd):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_module_entry_point_and_the_old_script_path(tmp_path, stock_workflow):
+    help_text = _python("-m", "srrl_core.headless", "--help", cwd=hostlib.REPO)
+    assert help_text.returncode == 0 and "--server" in help_text.stdout and "Exit codes" in help_text.stdout
+    # The documented script path works from any working directory and runs the same command line.
+    script = _python(str(hostlib.REPO / "workflows" / "run_headless.py"), _write(tmp_path, stock_workflow),
+                     "--dry-run", "--seed", "77", "-q", cwd=tmp_path)
+    assert script.returncode == 0, script.stderr
+    assert json.loads(script.stdout)["3"]["inputs"]["seed"] == 77
+    bad = _python(str(hostlib.REPO / "workflows" / "run_headless.py"), str(tmp_path / "missing.json"), cwd=tmp_path)
+    assert bad.returncode == client.EXIT_USAGE and "cannot read workflow" in bad.stderr
+
+
+def test_the_client_needs_only_the_standard_library():
+    probe = ("import sys, srrl_core.headless; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'comfy', 'PIL', 'websocket'}))")
+    out = _python("-c", probe, cwd=hostlib.REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 # --- against the real server ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from srrl_core.headless import queue_prompt
 from srrl_core.sampling import planned_model_calls
 
 from .hostlib import TINY_CKPT_NAME
@@ -96,13 +97,13 @@ def _preview_prompt(seed: int) -> dict:
     }
 
 
-def test_websocket_carries_progress_and_preview_frames(comfy_server, headless):
+def test_websocket_carries_progress_and_preview_frames(comfy_server):
     websocket = pytest.importorskip("websocket", reason="websocket-client is not installed")
     client_id = uuid.uuid4().hex
     ws = websocket.create_connection(f"ws://127.0.0.1:{comfy_server.port}/ws?clientId={client_id}", timeout=10)
     progress, frames = [], []
     try:
-        prompt_id = headless.queue_prompt(comfy_server.base_url, _preview_prompt(seed=int(time.time())),
+        prompt_id = queue_prompt(comfy_server.base_url, _preview_prompt(seed=int(time.time())),
                                           client_id=client_id)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
