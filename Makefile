@@ -11,8 +11,9 @@ demo: setup
 test: setup setup-host
 	SRRL_REQUIRE_HOST=1 SRRL_COMFYUI_DIR=$(HOST) $(PY) -m pytest
 
-bench: setup
-	$(PY) bench/run_all.py
+# Every benchmark in a seconds-long smoke run (exit non-zero if one fails); FULL=1 for the full measurements.
+bench: setup setup-host
+	SRRL_COMFYUI_DIR=$(HOST) $(PY) bench/run_all.py $(if $(FULL),,--quick) $(BENCH_ARGS)
 
 setup: .venv/.srrl-setup
 

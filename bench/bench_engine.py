@@ -2,7 +2,7 @@
 
 Ratio = wall time of ``reflective_sample`` with K rounds / wall time of the same number of UNet calls, with the
 same batch shapes (cond + uncond rows, G branches), made directly in a loop. 1.00 means the engine costs nothing
-beyond the network. Run: ``python bench/bench_engine.py [--rounds 3 --branches 2 --steps 20 --repeats 5]``.
+beyond the network. Run: ``python bench/bench_engine.py [--rounds 3 --branches 2 --steps 20 --repeats 5] [--quick]``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", choices=("tiny", "sd15"), default="tiny", help="sd15: SD1.5-shaped UNet, random weights")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (bench/run_all.py --quick); explicit flags still win")
     args = parser.parse_args()
+    if args.quick:  # re-parse so that only the defaults change
+        parser.set_defaults(rounds=1, steps=4, size=8, repeats=1)
+        args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -3,7 +3,7 @@
 Ratio = wall time of SRRL Reflective Sampler (K rounds, G branches) / wall time of KSampler (euler) with as many
 steps as the reflective run makes model calls (batch = G latents, so every call has the same shape). Both run in
 one process on the same host and checkpoint (the tiny SD1.5-detectable one unless --checkpoint is given).
-Run: ``python bench/bench_host.py [--rounds 2 --branches 1 --steps 10 --size 64 --repeats 3]`` after
+Run: ``python bench/bench_host.py [--rounds 2 --branches 1 --steps 10 --size 64 --repeats 3] [--quick]`` after
 ``make setup-host`` (SRRL_COMFYUI_DIR selects another host).
 """
 
@@ -35,7 +35,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--checkpoint", help="a checkpoint file (default: the tiny SD1.5-detectable one)")
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (bench/run_all.py --quick); explicit flags still win")
     args = parser.parse_args()
+    if args.quick:  # re-parse so that only the defaults change
+        parser.set_defaults(rounds=1, steps=3, size=32, repeats=1)
+        args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -9,7 +9,7 @@ Figures are images per second (median of ``--repeats``); "load s" is one cold lo
 stand-ins written in the real formats (tests/rewards_support/builders.py): ViT width 256, 4 layers, 224 px
 input, patch 32 for the CLIP-like backends; real RapidOCR models for OCR. The VLM judge row talks to the
 local rule-based test server, so it measures the client (PNG encoding, HTTP, parsing), not a VLM.
-Run: ``python bench/bench_rewards.py [--batch 8 --size 512 --repeats 3]``.
+Run: ``python bench/bench_rewards.py [--batch 8 --size 512 --repeats 3] [--quick]``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="backends to run (default: all)")
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (bench/run_all.py --quick); explicit flags still win")
     args = parser.parse_args()
+    if args.quick:  # re-parse so that only the defaults change
+        parser.set_defaults(batch=2, size=64, repeats=1)
+        args = parser.parse_args()
 
     images = torch.rand(args.batch, args.size, args.size, 3, generator=torch.Generator().manual_seed(0))
     prompts = ['a sign that says "OPEN"'] * args.batch

@@ -6,7 +6,7 @@ transitions, each at its own noise level, in one call (2B rows). Both run the sa
 (``srrl_core.training.transition_losses``) on the same transitions with the same loss normalisation, so the
 gradients agree (checked below) and only the batching differs.
 
-    python bench/bench_training.py [--transitions 64] [--epochs 2] [--batches 1 8 32] [--threads 1]
+    python bench/bench_training.py [--transitions 64] [--epochs 2] [--batches 1 8 32] [--threads 1] [--quick]
 
 Each configuration runs in its own process so that its peak resident memory (``ru_maxrss``) is its own; the
 table reports the peak above the process's state after setup (model, LoRA, transitions), before any update.
@@ -103,7 +103,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--sample-size", type=int, default=8, help="latent side of the tiny UNet (8 = 64 px images)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--micro-batch", type=int, help=argparse.SUPPRESS)  # internal: measure one configuration
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (bench/run_all.py --quick); explicit flags still win")
     args = parser.parse_args(argv)
+    if args.quick:  # re-parse so that only the defaults change
+        parser.set_defaults(transitions=8, epochs=1, batches=[1, 4])
+        args = parser.parse_args(argv)
     if args.micro_batch is not None:
         print(json.dumps(measure(args)))
         return []
