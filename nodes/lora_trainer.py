@@ -7,10 +7,13 @@ import os
 import torch
 
 from srrl_core.training import SRRLTrainer, TrainConfig, check_lora_name
+from srrl_core.safe_paths import resolve_in_folders
 from srrl_core.training.curves import render_curves
+from srrl_core.training.export import remove_stale_temp_files
 
 from . import names
 from .comfy_policy import policy_from_host, trainable
+from .inputs import check_widgets
 
 NO_FILE = "none"
 
@@ -77,7 +80,8 @@ class LoRATrainer:
         import comfy.utils
         import folder_paths
 
-        check_lora_name(lora_name)
+        check_widgets(LoRATrainer, locals())  # NaN / inf / out-of-range numbers, before any work
+        lora_name = check_lora_name(lora_name)  # "x.safetensors" is the same name as "x"
         prompt_list = _read_prompts(prompts, prompts_file)
         run_dir = os.path.join(folder_paths.get_output_directory(), "srrl_training", lora_name)
         config = TrainConfig(
@@ -95,6 +99,7 @@ class LoRATrainer:
                 bar.update_absolute(info["stage"] + 1, stages)
 
         lora_path = os.path.join(folder_paths.get_folder_paths("loras")[0], f"{lora_name}.safetensors")
+        remove_stale_temp_files(os.path.dirname(lora_path))  # left by a save killed midway (older versions)
         patched = model.clone()
         with trainable(patched):
             policy = policy_from_host(patched, clip, vae, width, height, scheduler, steps, name=_model_name(patched))
@@ -135,11 +140,19 @@ def _read_prompts(text: str, prompts_file: str) -> list[str]:
     if prompts_file and prompts_file != NO_FILE:
         import folder_paths
 
-        path = folder_paths.get_annotated_filepath(prompts_file)
-        if not os.path.isfile(path):
-            raise ValueError(f"prompts_file: {prompts_file!r} is not a file in the input folder")
-        with open(path, encoding="utf-8") as handle:
-            lines += [line.strip() for line in handle if line.strip()]
+        # Checked here: the host does not validate optional inputs, so any path could arrive.
+        try:
+            path = resolve_in_folders(prompts_file, [folder_paths.get_input_directory()], "prompts_file")
+        except FileNotFoundError:
+            raise ValueError(f"prompts_file: {prompts_file!r} is not a file in the input folder") from None
+        if not path.endswith(".txt"):
+            raise ValueError(f"prompts_file: expected a .txt file from the input folder, got {prompts_file!r}")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                lines += [line.strip() for line in handle if line.strip()]
+        except UnicodeDecodeError as error:
+            raise ValueError(f"prompts_file: {prompts_file!r} is not UTF-8 text (byte {error.start}); save it as "
+                             "UTF-8") from None
     if not lines:
         raise ValueError("prompts: give at least one training prompt (one per line here, or in prompts_file)")
     return lines

@@ -5,10 +5,16 @@ from __future__ import annotations
 import torch
 
 from srrl_core.sampling import BranchNoise, derived_seeds, planned_model_calls, reflective_sample
+from srrl_core.sampling.noise import wrap_seed
 
 from . import names
 from .comfy_denoiser import check_latent_channels, host_sampler, host_sigmas, parametrization_of, progress
+from .inputs import check_widgets
 from .reward_io import latent_scorer, split_prompts
+
+# Denoised candidates a run may produce without opt-in: (rounds + 1) x branches x latents. Every candidate stays in
+# memory for the "rounds" output (and is decoded when a reward judges), so 32 x 64 at 512 px would take gigabytes.
+MAX_CANDIDATES = 256
 
 
 class ReflectiveSampler:
@@ -55,14 +61,17 @@ class ReflectiveSampler:
                 "vae": ("VAE", {"tooltip": "Decodes candidates for the reward; required when a reward is connected."}),
                 "reward": (names.REWARD, {"tooltip": "Judges each round's clean results. Unconnected: reflection only."}),
                 "reward_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "The text the reward judges against: one line per latent, or one line for all."}),
+                "allow_large_runs": ("BOOLEAN", {"default": False, "tooltip": f"Allow more than {MAX_CANDIDATES} candidates ((rounds + 1) x branches x latents); each one is kept in memory and decoded for the reward."}),
             },
         }
 
     def sample(self, model, positive, negative, latent_image, seed, steps, cfg, scheduler, rounds, branches,
                renoise_strength, inversion_cfg, selection, temperature, eta, early_stop, stop_at,
-               vae=None, reward=None, reward_prompt=""):  # fmt: skip
+               vae=None, reward=None, reward_prompt="", allow_large_runs=False):  # fmt: skip
+        check_widgets(ReflectiveSampler, locals())  # NaN / inf / out-of-range numbers, before any work
         latent = latent_image["samples"]
         check_latent_channels(model, latent)
+        check_run_size(rounds, branches, latent.shape[0], allow_large_runs)
         score_fn = None
         if reward is not None:
             if vae is None:
@@ -88,7 +97,8 @@ class ReflectiveSampler:
 
         import comfy.sample
 
-        noise = torch.cat([comfy.sample.prepare_noise(latent, seed + g) for g in range(branches)])
+        # seed + g wrapped modulo 2**64: the widget allows seeds up to 2**64 - 1, torch no more
+        noise = torch.cat([comfy.sample.prepare_noise(latent, wrap_seed(seed + g)) for g in range(branches)])
         sampler = host_sampler(parametrization_of(model), branches, on_call, routine)
         comfy.sample.sample_custom(
             model, noise, cfg, sampler, sigmas, positive, negative, latent.repeat(branches, 1, 1, 1),
@@ -101,6 +111,16 @@ class ReflectiveSampler:
         text = report(result, prompts_count, branches, steps, renoise_strength)
         # The "ui" text lands in the prompt's history, so headless clients can read the report too.
         return {"ui": {"text": [text]}, "result": ({"samples": final}, {"samples": preview}, text)}
+
+
+def check_run_size(rounds: int, branches: int, latents: int, allow_large: bool) -> None:
+    candidates = (rounds + 1) * branches * latents
+    if candidates > MAX_CANDIDATES and not allow_large:
+        raise ValueError(
+            f"rounds x branches: {rounds + 1} passes x {branches} branches x {latents} latent(s) = {candidates} "
+            f"candidates, more than the {MAX_CANDIDATES} allowed by default (each is kept in memory for the rounds "
+            "output and decoded for the reward); lower rounds or branches, or set allow_large_runs to true"
+        )
 
 
 def _repeat_mask(mask, branches):

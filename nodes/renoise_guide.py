@@ -15,6 +15,7 @@ from srrl_core.sampling import invert, renoise_start
 
 from . import names
 from .comfy_denoiser import check_latent_channels, host_sampler, host_sigmas, parametrization_of, progress
+from .inputs import check_widgets
 
 
 class RenoiseGuide:
@@ -52,6 +53,7 @@ class RenoiseGuide:
     def renoise(self, model, positive, negative, latent_image, steps, scheduler, inversion_cfg, strength):
         import comfy.sample
 
+        check_widgets(RenoiseGuide, locals())  # a NaN inversion_cfg would return an all-NaN latent as success
         latent = latent_image["samples"]
         check_latent_channels(model, latent)
         sigmas = host_sigmas(model, scheduler, steps)

@@ -11,6 +11,10 @@ import json
 import os
 
 from srrl_core.rewards import available_backends, backend_options, load_reward
+from srrl_core.rewards.files import check_safetensors, refuse_pickle
+from srrl_core.rewards.registry import check_option_depth, map_file_options
+from srrl_core.safe_paths import UnsafePath, resolve_in_folders
+from srrl_core.validation import check_float
 
 from . import names
 
@@ -45,18 +49,62 @@ def _file_choices() -> list[str]:
     return [NONE] + sorted(files)
 
 
-def _full_path(name: str, label: str) -> str | None:
-    if not name or name == NONE:
-        return None
+def _search_paths() -> list[str]:
     import folder_paths
 
-    for folder in SEARCH_FOLDERS:
-        if folder in folder_paths.folder_names_and_paths:
-            path = folder_paths.get_full_path(folder, name)
-            if path:
-                return path
-    searched = [p for f in SEARCH_FOLDERS for p in folder_paths.folder_names_and_paths.get(f, ([], None))[0]]
-    raise FileNotFoundError(f"{label}: {name!r} not found; searched {searched}")
+    return [p for f in SEARCH_FOLDERS for p in folder_paths.folder_names_and_paths.get(f, ([], None))[0]]
+
+
+def _full_path(name: str, label: str, kind: str = "file") -> str | None:
+    """The file (or folder) ``name`` inside the reward model folders, checked here rather than trusting the host's
+    validation (which skips optional and nested values): no absolute paths, no '..', no link out of a folder."""
+    if not name or name == NONE:
+        return None
+    searched = _search_paths()
+    if kind == "any":
+        try:
+            return resolve_in_folders(name, searched, label, "file")
+        except FileNotFoundError:
+            kind = "folder"
+    try:
+        path = resolve_in_folders(name, searched, label, kind)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{label}: {name!r} not found; searched {searched}") from None
+    return _check_weights(path, label)
+
+
+def _check_weights(path: str, label: str) -> str:
+    """Workflows are untrusted: never unpickle a file they name, and say which file is broken before loading."""
+    if os.path.isdir(path):
+        if any(os.path.isfile(os.path.join(path, n)) for n in ("pytorch_model.bin", "config.json")) \
+                and not os.path.isfile(os.path.join(path, "model.safetensors")):
+            refuse_pickle(os.path.join(path, "pytorch_model.bin"), label)
+        return path
+    refuse_pickle(path, label)
+    if path.endswith(".safetensors"):
+        check_safetensors(path, label)
+    return path
+
+
+def _resolve_option(value, label: str, kind: str) -> str:
+    if not isinstance(value, str):
+        raise UnsafePath(f"{label}: expected a file name in models/{names.REWARDS_FOLDER} or models/clip_vision, "
+                         f"got {type(value).__name__}")
+    return _full_path(value, label, kind)
+
+
+def parse_options(text: str) -> dict:
+    """The options box as a JSON object, its nesting bounded (a 5000-deep list must not exhaust the stack)."""
+    try:
+        extra = json.loads(text or "{}")
+    except RecursionError:
+        raise ValueError("options nests too deep to read; a reward config needs a few levels") from None
+    except ValueError as error:
+        raise ValueError(f"options must be a JSON object such as {{\"count\": 2}}: {error}") from None
+    if not isinstance(extra, dict):
+        raise ValueError(f"options must be a JSON object such as {{\"count\": 2}}, got {type(extra).__name__}")
+    check_option_depth(extra, "options")
+    return extra
 
 
 def _options(backend, weights, aux, architecture, endpoint, vlm_model, api_key_env, rule, on_failure, fallback,
@@ -134,12 +182,10 @@ class RewardModelLoader:
 
     def load(self, backend, weights, aux_file, clip_architecture, vlm_endpoint, vlm_model, api_key_env, rule,
              on_failure, fallback_score, device, dtype, options):
-        try:
-            extra = json.loads(options or "{}")
-        except ValueError as error:
-            raise ValueError(f"options must be a JSON object such as {{\"count\": 2}}: {error}") from None
-        if not isinstance(extra, dict):
-            raise ValueError(f"options must be a JSON object such as {{\"count\": 2}}, got {type(extra).__name__}")
+        check_float("fallback_score", fallback_score, 0.0, 1.0)
+        extra = parse_options(options)
+        # File names inside options (also in weighted_sum terms) obey the same folder rule as the widgets.
+        extra = map_file_options(extra, _resolve_option)
         weights_path = _full_path(weights, "weights")
         if backend in MODEL_BACKENDS and weights_path is None:
             raise ValueError(f"weights: choose the {backend} weights file (put it in models/{names.REWARDS_FOLDER} "
@@ -148,7 +194,17 @@ class RewardModelLoader:
                           vlm_model, api_key_env, rule, on_failure, fallback_score, device, dtype)
         accepted = set(backend_options(backend))
         chosen = {k: v for k, v in chosen.items() if k in accepted}
-        return (load_reward(backend, **{**chosen, **extra}),)
+        reward = load_reward(backend, **{**chosen, **extra})
+        return (reward.set_interrupt_check(_host_interrupt_check()),)
+
+
+def _host_interrupt_check():
+    """The host's Cancel check (raises its InterruptProcessingException); None outside a host."""
+    try:
+        import comfy.model_management
+    except ImportError:
+        return None
+    return comfy.model_management.throw_exception_if_processing_interrupted
 
 
 NODE_CLASS_MAPPINGS = {names.REWARD_MODEL_LOADER: RewardModelLoader}

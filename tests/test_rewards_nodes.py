@@ -1,5 +1,6 @@
 """The loader and scorer nodes, called in-process with a fake ``folder_paths`` (real-host tests live in tests/host)."""
 
+import json
 import os
 import sys
 
@@ -114,3 +115,64 @@ def test_scorer_sorts_best_first_and_reports():
         RewardScorer().score(images, "one\ntwo", reward)
     with pytest.raises(ValueError, match="prompts"):
         RewardScorer().score(images, "   ", reward)
+
+
+# A workflow is untrusted: every file it names must come from the reward folders, and never be unpickled ----------
+
+
+def test_loader_refuses_paths_outside_the_model_folders(host, tmp_path):
+    outside = tmp_path / "secret.safetensors"
+    builders.aesthetic_head(str(outside), 16)
+    rewards = os.path.join(host.models_dir, names.REWARDS_FOLDER)
+    os.symlink(outside, os.path.join(rewards, "link.safetensors"))
+    loader = RewardModelLoader()
+    for hostile in (str(outside), "../../secret.safetensors", "tiny-hf/../../../secret.safetensors"):
+        with pytest.raises(ValueError, match="weights: .* is not allowed; choose a file by its name"):
+            loader.load(**widgets(weights=hostile))
+        with pytest.raises(ValueError, match="options.checkpoint: .* is not allowed"):
+            loader.load(**widgets(options=f'{{"checkpoint": "{hostile}"}}'))
+    with pytest.raises(ValueError, match="weights: 'link.safetensors' is a link that points outside its folder"):
+        loader.load(**widgets(weights="link.safetensors"))
+    nested = '{"terms": [{"backend": "aesthetic", "clip": "tiny-hf", "head": "/etc/hostname"}]}'
+    with pytest.raises(ValueError, match=r"options.terms\[0\].head: '/etc/hostname' is not allowed"):
+        loader.load(**widgets(backend="weighted_sum", options=nested))
+    # names inside the folders still work, through options too (a folder for 'clip')
+    ok = '{"terms": [{"backend": "aesthetic", "clip": "tiny-hf", "head": "head.safetensors", "device": "cpu"}]}'
+    (reward,) = loader.load(**widgets(backend="weighted_sum", options=ok))
+    assert reward.score(torch.rand(1, 32, 32, 3), "x").shape == (1,)
+
+
+def test_loader_refuses_pickles_and_names_broken_files(host):
+    rewards = os.path.join(host.models_dir, names.REWARDS_FOLDER)
+    with open(os.path.join(rewards, "ImageReward.pt"), "wb") as f:
+        f.write(b"\x80\x04not really a pickle")
+    open(os.path.join(rewards, "empty.safetensors"), "wb").close()
+    with open(os.path.join(rewards, "corrupt.safetensors"), "wb") as f:
+        f.write(b"\xff" * 8 + b"{}")
+    loader = RewardModelLoader()
+    with pytest.raises(ValueError, match="weights: 'ImageReward.pt' is a pickle-based weights file; only .safetensors"):
+        loader.load(**widgets(backend="imagereward", weights="ImageReward.pt"))
+    with pytest.raises(ValueError, match="weights: 'empty.safetensors' is empty or truncated"):
+        loader.load(**widgets(weights="empty.safetensors"))
+    with pytest.raises(ValueError, match="aux_file: 'corrupt.safetensors' .* is not a readable .safetensors file"):
+        loader.load(**widgets(backend="aesthetic", weights="tiny-hf/model.safetensors", aux_file="corrupt.safetensors"))
+
+
+def test_loader_bounds_options_and_keeps_allow_lists(host, monkeypatch):
+    loader = RewardModelLoader()
+    with pytest.raises(ValueError, match="options nests"):
+        loader.load(**widgets(backend="symmetry", options='{"a": ' + "[" * 5000 + "]" * 5000 + "}"))
+    with pytest.raises(ValueError, match="options nests dicts/lists more than 16 levels"):
+        loader.load(**widgets(backend="symmetry", options='{"a": ' + "[" * 30 + "]" * 30 + "}"))
+    with pytest.raises(ValueError, match="fallback_score must be a finite number"):
+        loader.load(**widgets(backend="symmetry", fallback_score=float("nan")))
+    # options cannot widen the allow-lists, also nested inside weighted_sum terms
+    monkeypatch.setenv("HOME", "/root")
+    term = {"backend": "vlm_judge", "endpoint": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "HOME"}
+    with pytest.raises(ValueError, match="SRRL_ALLOWED_KEY_VARS"):
+        loader.load(**widgets(backend="weighted_sum", options=json.dumps({"terms": [term]})))
+    term |= {"endpoint": "http://probe.example:8000/v1", "api_key_env": ""}
+    with pytest.raises(ValueError, match="SRRL_ALLOWED_ENDPOINTS"):
+        loader.load(**widgets(backend="weighted_sum", options=json.dumps({"terms": [term]})))
+    with pytest.raises(ValueError, match="SRRL_ALLOWED_ENDPOINTS"):
+        loader.load(**widgets(backend="vlm_judge", vlm_model="m", options='{"endpoint": "http://probe.example/v1"}'))

@@ -3,12 +3,13 @@
 import logging
 import math
 import socket
+import time
 
 import pytest
 import torch
 
 from srrl_core.rewards import load_reward
-from srrl_core.rewards.chat_client import chat_completions_url
+from srrl_core.rewards.chat_client import chat_completions_url, endpoint_allowed
 from srrl_core.rewards.vlm_judge import VLMJudgeError, parse_answer, yes_probability
 from tests.rewards_support.judge_server import JudgeServer
 
@@ -72,14 +73,14 @@ def test_concurrent_requests_keep_image_order(server):
 
 
 def test_api_key_is_read_from_the_named_environment_variable(server, monkeypatch):
-    monkeypatch.setenv("SRRL_TEST_JUDGE_KEY", "secret-123")
-    judge(server, api_key_env="SRRL_TEST_JUDGE_KEY").score(images()[:1], "x")
+    monkeypatch.setenv("SRRL_TEST_API_KEY", "secret-123")
+    judge(server, api_key_env="SRRL_TEST_API_KEY").score(images()[:1], "x")
     assert server.headers[0]["Authorization"] == "Bearer secret-123"
     with pytest.raises(ValueError, match="NAME of an environment variable") as error:
         judge(server, api_key_env="sk-live-abc123")
     assert "sk-live" not in str(error.value)  # a pasted key is never echoed
-    with pytest.raises(ValueError, match="'SRRL_UNSET_VAR', which is not set"):
-        judge(server, api_key_env="SRRL_UNSET_VAR")
+    with pytest.raises(ValueError, match="'SRRL_UNSET_API_KEY', which is not set"):
+        judge(server, api_key_env="SRRL_UNSET_API_KEY")
 
 
 def test_http_500_is_retried_then_succeeds(server):
@@ -128,7 +129,7 @@ def test_configuration_errors():
     with pytest.raises(ValueError, match="rule is empty"):
         load_reward("vlm_judge", endpoint="http://h/v1", model="m", question="Obeys {rule}?")
     with pytest.raises(ValueError, match="fallback must be"):
-        load_reward("vlm_judge", endpoint="http://h/v1", model="m", fallback=2.0)
+        load_reward("vlm_judge", endpoint="http://127.0.0.1:9/v1", model="m", fallback=2.0)
     assert chat_completions_url("http://h:1/v1/") == "http://h:1/v1/chat/completions"
     assert chat_completions_url("https://h/v1/chat/completions") == "https://h/v1/chat/completions"
 
@@ -141,3 +142,92 @@ def test_answer_parsing_helpers():
          "top_logprobs": [{"token": "▁Yes", "logprob": math.log(0.6)}, {"token": "NO", "logprob": math.log(0.2)}]}]}}
     assert yes_probability(choice) == pytest.approx(0.75)
     assert yes_probability({"logprobs": None}) is None
+
+
+# Allow-lists: the server's environment decides which variables are keys and which endpoints are called -------
+
+
+def test_only_allowed_variables_are_sent_as_keys(server, monkeypatch):
+    monkeypatch.setenv("HOME", "/root")
+    monkeypatch.setenv("hf_abcdefgh12345", "x")  # a pasted key that looks like a variable name
+    for name in ("HOME", "hf_abcdefgh12345"):
+        with pytest.raises(ValueError, match="SRRL_ALLOWED_KEY_VARS") as error:
+            judge(server, api_key_env=name)
+        assert name not in str(error.value)
+    assert not server.requests
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-1")
+    judge(server, api_key_env="OPENAI_API_KEY").score(images()[:1], "x")
+    monkeypatch.setenv("MY_COMPANY_TOKEN", "tok-2")
+    monkeypatch.setenv("SRRL_ALLOWED_KEY_VARS", "OTHER, MY_COMPANY_TOKEN")
+    judge(server, api_key_env="MY_COMPANY_TOKEN").score(images()[:1], "x")
+    assert [h["Authorization"] for h in server.headers] == ["Bearer sk-openai-1", "Bearer tok-2"]
+
+
+def test_endpoints_outside_the_allow_list_are_refused(monkeypatch):
+    monkeypatch.delenv("SRRL_ALLOWED_ENDPOINTS", raising=False)
+    with pytest.raises(ValueError, match="SRRL_ALLOWED_ENDPOINTS=probe.example") as error:
+        load_reward("vlm_judge", endpoint="https://probe.example/v1?token=abc", model="m")
+    assert "token=abc" not in str(error.value)
+    with pytest.raises(ValueError, match="user name or password"):
+        load_reward("vlm_judge", endpoint="http://user:pw@127.0.0.1:1/v1", model="m")
+    assert endpoint_allowed("http://localhost:8000/v1") and endpoint_allowed("http://[::1]:1/v1")
+    assert endpoint_allowed("http://127.0.0.2/v1") and not endpoint_allowed("http://10.0.0.1/v1")
+    monkeypatch.setenv("SRRL_ALLOWED_ENDPOINTS", "api.example.org, https://gw.example.net/v1, h.example:8443")
+    assert endpoint_allowed("https://api.example.org/v1/chat/completions")
+    assert endpoint_allowed("https://gw.example.net/v1/chat/completions")
+    assert not endpoint_allowed("https://gw.example.net/v10/chat/completions")  # prefixes end at a '/'
+    assert not endpoint_allowed("https://gw.example.net.evil.io/v1/chat/completions")
+    assert endpoint_allowed("http://h.example:8443/v1") and not endpoint_allowed("http://h.example:9/v1")
+
+
+def test_keys_never_appear_in_errors_or_logs(server, monkeypatch, caplog):
+    monkeypatch.setenv("SRRL_TEST_API_KEY", "sk-proj-TOPSECRET42")
+    server.mode = "echo_auth"
+    with caplog.at_level(logging.DEBUG), pytest.raises(VLMJudgeError) as error:
+        judge(server, api_key_env="SRRL_TEST_API_KEY").score(images()[:1], "x")
+    assert server.headers[0]["Authorization"] == "Bearer sk-proj-TOPSECRET42"  # the key was sent ...
+    assert "HTTP 401" in str(error.value)
+    assert "TOPSECRET" not in str(error.value) and "TOPSECRET" not in caplog.text  # ... and never echoed
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        judge(server, api_key_env="SRRL_TEST_API_KEY", fallback=0.5).score(images()[:1], "x")
+    assert "HTTP 401" in caplog.text and "TOPSECRET" not in caplog.text
+
+
+def test_redirects_are_not_followed(server, monkeypatch):
+    monkeypatch.setenv("SRRL_TEST_API_KEY", "sk-proj-TOPSECRET42")
+    other = JudgeServer()
+    try:
+        server.mode, server.redirect_to = "redirect", other.url + "/chat/completions"
+        with pytest.raises(VLMJudgeError, match="HTTP 307"):
+            judge(server, api_key_env="SRRL_TEST_API_KEY").score(images()[:1], "x")
+        assert not other.requests
+    finally:
+        other.close()
+
+
+def test_timeout_and_depth_are_range_checked(server):
+    with pytest.raises(ValueError, match=r"timeout must be a finite number in \[0.01, 3600"):
+        judge(server, timeout=1e30)
+    deep = {"backend": "brightness_band"}
+    for _ in range(40):
+        deep = {"backend": "weighted_sum", "terms": [deep]}
+    with pytest.raises(ValueError, match="nests dicts/lists more than"):
+        load_reward(deep.pop("backend"), **deep)
+
+
+def test_cancel_abandons_a_hanging_request(server):
+    server.mode, server.delay = "hang", 5.0
+    reward = judge(server, timeout=30.0)
+    started = time.monotonic()
+
+    class Cancelled(Exception):
+        pass
+
+    def check():
+        if time.monotonic() - started > 0.3:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        reward.set_interrupt_check(check).score(images()[:2], "x")
+    assert time.monotonic() - started < 2.0  # not the 5 s the endpoint hangs, nor the 30 s timeout

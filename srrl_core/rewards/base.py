@@ -12,7 +12,7 @@ A reward judges clean images against their prompts:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -22,6 +22,13 @@ class Reward(ABC):
 
     #: Short name used in reports and registries.
     name: str = "reward"
+    #: Called (no arguments) while a backend waits on something slow, such as a network request; it raises to
+    #: abandon the work. Hosts pass their Cancel check here (the ComfyUI nodes do), so srrl_core needs no host.
+    interrupt_check: Callable[[], None] | None = None
+
+    def set_interrupt_check(self, check: Callable[[], None] | None) -> Reward:
+        self.interrupt_check = check
+        return self
 
     def score(self, images: torch.Tensor, prompts: Sequence[str] | str) -> torch.Tensor:
         images = validate_images(images)

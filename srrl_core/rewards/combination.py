@@ -27,6 +27,12 @@ class WeightedSum(Reward):
                 raise ValueError(f"terms[{i}] must be a (Reward, weight) pair, got {term!r}")
         self.terms = [(reward, check_float(f"terms[{i}] weight", weight)) for i, (reward, weight) in enumerate(terms)]
 
+    def set_interrupt_check(self, check) -> WeightedSum:
+        self.interrupt_check = check
+        for reward, _ in self.terms:
+            reward.set_interrupt_check(check)
+        return self
+
     def components(self, images: torch.Tensor, prompts) -> dict[str, torch.Tensor]:
         """Each term's unweighted scores, keyed '<index>:<name>' (for reports)."""
         return {f"{i}:{reward.name}": reward.score(images, prompts) for i, (reward, _) in enumerate(self.terms)}

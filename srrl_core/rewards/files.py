@@ -11,6 +11,34 @@ import os
 import torch
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+CONVERT_HINT = ("convert it once, on a machine you trust, with: python -c \"import torch, safetensors.torch as s; "
+                "s.save_file(torch.load('IN', weights_only=True), 'OUT.safetensors')\"")
+
+
+def refuse_pickle(path: str, what: str) -> None:
+    """ValueError naming the file when ``path`` is a pickle-based weights file (they can run code when loaded)."""
+    if str(path).lower().endswith(PICKLE_SUFFIXES):
+        raise ValueError(f"{what}: {os.path.basename(path)!r} is a pickle-based weights file; only .safetensors "
+                         f"weights are accepted here (pickle files can run code when loaded). To use it, {CONVERT_HINT}")
+
+
+def check_safetensors(path: str, what: str) -> str:
+    """``path`` if its safetensors header reads; else ValueError naming the file (empty, truncated, not safetensors)."""
+    from safetensors import safe_open
+
+    size = os.path.getsize(path)
+    if size < 8:
+        raise ValueError(f"{what}: {os.path.basename(path)!r} is empty or truncated ({size} bytes), not a .safetensors "
+                         "file; download it again")
+    try:
+        with safe_open(path, framework="pt") as f:
+            f.keys()
+    except Exception as error:  # noqa: BLE001  (any unreadable header; the library only says "header too large")
+        raise ValueError(f"{what}: {os.path.basename(path)!r} ({size} bytes) is not a readable .safetensors file "
+                         f"({type(error).__name__}: {str(error)[:80]}); it may be truncated or corrupt, download it "
+                         "again") from None
+    return path
 
 
 def require_file(path, what: str, expected: str) -> str:
@@ -60,12 +88,14 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"weights file must end with one of {STATE_DICT_SUFFIXES}, got {path!r}")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
-        return load_file(path)
+        return load_file(check_safetensors(path, "weights file"))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a pickle with code objects: refuse rather than execute it
-        raise ValueError(f"could not read {path!r} as plain tensors (torch.load weights_only=True): {error}. "
-                         "Convert it to .safetensors") from error
+    except Exception:  # noqa: BLE001  (code objects in the pickle, or no torch file: refuse)
+        # torch's own text suggests weights_only=False, the unsafe fix: say what to do instead
+        raise ValueError(f"could not read {os.path.basename(path)!r} as plain tensors (it holds more than tensors, "
+                         f"or is not a torch file); only .safetensors weights are accepted from workflows: "
+                         f"{CONVERT_HINT}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

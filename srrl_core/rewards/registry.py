@@ -12,6 +12,13 @@ from typing import Callable
 
 from .base import Reward
 
+# Options that name a file or folder, by the kind of path they need: callers that take options from an untrusted
+# source (the loader node) resolve these through their own folder lists (see map_file_options).
+FILE_OPTIONS = {"checkpoint": "file", "config_file": "file", "head": "file", "clip": "any",
+                "clip_config_file": "file", "folder": "folder", "tokenizer_folder": "folder", "tokenizer": "folder"}
+# Nesting of options (dicts and lists, weighted_sum terms included); a real config needs 4 or 5 levels.
+MAX_OPTION_DEPTH = 16
+
 _BACKENDS: dict[str, Callable[..., Reward]] = {}
 
 
@@ -51,9 +58,39 @@ def load_reward(backend: str, **options) -> Reward:
     return factory(**options)
 
 
+def check_option_depth(options, label: str = "options", limit: int = MAX_OPTION_DEPTH) -> None:
+    """ValueError naming ``label`` when dicts/lists nest deeper than ``limit`` (iterative: no RecursionError)."""
+    stack = [(options, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                raise ValueError(f"{label} nests dicts/lists more than {limit} levels deep; a reward config needs a "
+                                 "few levels (weighted_sum terms included)")
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+
+
+def map_file_options(options: dict, resolve: Callable[[object, str, str], str], label: str = "options") -> dict:
+    """A copy of ``options`` with every file-naming option (FILE_OPTIONS, also inside weighted_sum ``terms``)
+    replaced by ``resolve(value, label_of_the_option, kind)``; empty values stay as they are."""
+    check_option_depth(options, label)
+    out = {}
+    for key, value in options.items():
+        where = f"{label}.{key}"
+        if key in FILE_OPTIONS and value not in (None, ""):
+            value = resolve(value, where, FILE_OPTIONS[key])
+        elif key == "terms" and isinstance(value, list):
+            value = [map_file_options(term, resolve, f"{where}[{i}]") if isinstance(term, dict) else term
+                     for i, term in enumerate(value)]
+        out[key] = value
+    return out
+
+
 def _weighted_sum(terms: list[dict]) -> Reward:
     from .combination import WeightedSum
 
+    check_option_depth(terms, "terms")
     if not isinstance(terms, list) or not terms:
         raise ValueError("terms must be a non-empty list of {'backend': ..., 'weight': ..., **options} dicts")
     built = []

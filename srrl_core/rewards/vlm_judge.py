@@ -21,20 +21,22 @@ import io
 import logging
 import math
 import string
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import numpy as np
 import torch
 
 from ..validation import check_float, check_int
 from .base import Reward
-from .chat_client import ChatClient, ChatError
+from .chat_client import ChatClient, ChatError, redact
 
 logger = logging.getLogger(__name__)
 
 PROMPT_QUESTION = "Does this image show: {prompt}? Answer Yes or No."
 RULE_QUESTION = "Does this image obey: {rule}? Answer Yes or No."
 _FIELDS = {"prompt", "rule"}
+POLL_SECONDS = 0.1  # how often a waiting batch checks interrupt_check (the host's Cancel)
 
 
 class VLMJudgeError(RuntimeError):
@@ -120,20 +122,21 @@ class VLMJudge(Reward):
             payload.update(logprobs=True, top_logprobs=self.top_logprobs)
         return payload
 
-    def judge(self, image: torch.Tensor, prompt: str) -> float:
+    def judge(self, image: torch.Tensor, prompt: str, cancelled: threading.Event | None = None) -> float:
         """P(yes) for one image; raises ChatError when the endpoint fails or answers nonsense."""
-        answer = self.client.post(self.payload(image, prompt))
+        answer = self.client.post(self.payload(image, prompt), cancelled)
         try:
             choice = answer["choices"][0]
             text = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise ChatError(f"malformed chat-completions answer from {self.client.url}: {str(answer)[:200]}") from None
+            raise ChatError(f"malformed chat-completions answer from {self.client.public_url}: "
+                            f"{redact(str(answer)[:200])}") from None
         probability = yes_probability(choice) if self.logprobs else None
         return parse_answer(text) if probability is None else probability
 
-    def _judge_or_fallback(self, index: int, image: torch.Tensor, prompt: str) -> float:
+    def _judge_or_fallback(self, index: int, image: torch.Tensor, prompt: str, cancelled: threading.Event) -> float:
         try:
-            return self.judge(image, prompt)
+            return self.judge(image, prompt, cancelled)
         except ChatError as error:
             if self.fallback is None:
                 raise VLMJudgeError(f"VLM judge failed on image {index} (model {self.model!r}): {error}. "
@@ -142,6 +145,25 @@ class VLMJudge(Reward):
             return self.fallback
 
     def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
-            scores = list(pool.map(self._judge_or_fallback, range(len(prompts)), images.cpu(), prompts))
+        # Requests run in worker threads while this thread polls interrupt_check: a Cancel pressed while an
+        # endpoint hangs is honoured within POLL_SECONDS, and the abandoned workers stop retrying.
+        cancelled = threading.Event()  # this batch's: workers of an abandoned batch never resume
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts)))
+        futures = [pool.submit(self._judge_or_fallback, i, image, prompt, cancelled)
+                   for i, (image, prompt) in enumerate(zip(images.cpu(), prompts))]
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_EXCEPTION)
+                failed = [f for f in futures if f in done and f.exception() is not None]
+                if failed:
+                    failed[0].result()  # raises the first failure without waiting for the others
+                if pending and self.interrupt_check is not None:
+                    self.interrupt_check()
+            scores = [f.result() for f in futures]
+        except BaseException:
+            cancelled.set()
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
         return torch.tensor(scores, dtype=torch.float32)

@@ -10,6 +10,13 @@ from typing import Sequence
 
 import torch
 
+SEED_MODULUS = 2**64  # torch generators take 64-bit seeds; branch g of seed 2**64 - 1 wraps to g - 1, as the host's
+
+
+def wrap_seed(seed: int) -> int:
+    """``seed`` modulo 2**64: unchanged for every seed a generator accepts, so existing seeds replay exactly."""
+    return int(seed) % SEED_MODULUS
+
 
 class BranchNoise:
     """One CPU ``torch.Generator`` per batch row (CPU generators give the same numbers on every device)."""
@@ -17,13 +24,13 @@ class BranchNoise:
     def __init__(self, seeds: Sequence[int]):
         if len(seeds) < 1:
             raise ValueError("seeds must hold at least one seed (one per batch row)")
-        self.seeds = [int(s) for s in seeds]
+        self.seeds = [wrap_seed(s) for s in seeds]
         self.generators = [torch.Generator("cpu").manual_seed(s) for s in self.seeds]
 
     @classmethod
     def for_batch(cls, seed: int, batch: int) -> "BranchNoise":
         """Rows seeded seed, seed + 1, ... (ComfyUI's convention for batch seeds)."""
-        return cls([seed + i for i in range(batch)])
+        return cls([wrap_seed(seed + i) for i in range(batch)])
 
     def __len__(self) -> int:
         return len(self.generators)

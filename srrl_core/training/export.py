@@ -14,10 +14,12 @@ its diffusers key map. :func:`diffusers_to_ldm` renames diffusers paths to LDM o
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
 import tempfile
+import time
 
 import torch
 
@@ -28,7 +30,12 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def check_lora_name(name: str) -> str:
-    """A file-name-safe LoRA name: letters, digits, '.', '_', '-'; no path separators, no leading dot."""
+    """A file-name-safe LoRA name: letters, digits, '.', '_', '-'; no path separators, no leading dot.
+
+    Returns the name without a trailing ``.safetensors``: "x.safetensors" and "x" name the same file (the
+    extension is added when writing)."""
+    if isinstance(name, str) and name.lower().endswith(".safetensors"):
+        name = name[: -len(".safetensors")]
     if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
         raise ValueError(
             f"lora_name must be 1-128 characters of letters, digits, '.', '_' or '-' starting with a letter or digit "
@@ -89,13 +96,35 @@ def export_lora(
     return path
 
 
+# Temporary files of an atomic write: hidden, and with an extension no model list shows (a kill mid-save must not
+# leave a file that LoraLoader lists). Older versions wrote ".tmp-*.safetensors"; both are cleaned up.
+TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".safetensors.part"
+_STALE_PATTERNS = (TEMP_PREFIX + "*" + TEMP_SUFFIX, TEMP_PREFIX + "*.safetensors")
+
+
+def remove_stale_temp_files(folder: str, older_than: float = 60.0) -> list[str]:
+    """Delete temporary files of atomic writes in ``folder`` not touched for ``older_than`` seconds (a live write
+    keeps its file's mtime fresh); returns the removed paths."""
+    removed = []
+    now = time.time()
+    for pattern in _STALE_PATTERNS:
+        for path in glob.glob(os.path.join(glob.escape(folder), pattern)):
+            try:
+                if os.path.isfile(path) and now - os.path.getmtime(path) > older_than:
+                    os.remove(path)
+                    removed.append(path)
+            except OSError:  # removed concurrently, or not ours to remove
+                pass
+    return removed
+
+
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
     """safetensors write to a temporary file in the same folder, then ``os.replace`` (never a torn file)."""
     from safetensors.torch import save_file
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=folder)
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)

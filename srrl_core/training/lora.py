@@ -98,14 +98,31 @@ def load_lora_state_dict(network: torch.nn.Module, state: dict[str, torch.Tensor
     from peft import set_peft_model_state_dict
 
     expected = lora_state_dict(network)
+    restart = ("; keep the settings of the saved run, or start a new one (another lora_name / output_dir, or "
+               "resume off)")
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"LoRA state does not fit this network: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(f"the saved LoRA adapts other layers than this run (lora_targets or lora_conv changed): "
+                         f"missing {missing[:3]}, unexpected {unexpected[:3]}{restart}")
     for key, value in state.items():
         if value.shape != expected[key].shape:
-            raise ValueError(f"LoRA state {key} has shape {tuple(value.shape)}, the network needs {tuple(expected[key].shape)}")
+            saved, wanted = _rank(key, value.shape), _rank(key, expected[key].shape)
+            if saved is not None and saved != wanted:
+                raise ValueError(f"lora_rank changed: the saved LoRA has rank {saved}, this run asks for lora_rank "
+                                 f"{wanted}{restart}")
+            raise ValueError(f"LoRA state {key} has shape {tuple(value.shape)}, the network needs "
+                             f"{tuple(expected[key].shape)} (the base model's layer sizes differ){restart}")
     with torch.no_grad():
         set_peft_model_state_dict(network, state, adapter_name=ADAPTER)
+
+
+def _rank(key: str, shape) -> int | None:
+    """The LoRA rank a peft weight's shape shows: lora_A is [r, in, ...], lora_B is [out, r, ...]."""
+    if ".lora_A." in key and len(shape) >= 2:
+        return int(shape[0])
+    if ".lora_B." in key and len(shape) >= 2:
+        return int(shape[1])
+    return None
 
 
 @contextlib.contextmanager

@@ -4,7 +4,9 @@ Rule: the answer is "Yes" iff the image's top half is brighter than its bottom h
 P(yes) = sigmoid(20 * (mean top - mean bottom)). ``mode`` switches behaviour for failure tests:
 "logprobs", "text" (no logprobs, a sentence), "error" (HTTP 500), "flaky" (HTTP 500 for the first
 ``failures`` requests, then "logprobs"), "malformed" (an answer that is neither yes nor no),
-"not_json", "slow" (answers after ``delay`` seconds).
+"not_json", "slow" (answers after ``delay`` seconds), "echo_auth" (HTTP 401 quoting the Authorization header it
+received, as careless servers do), "redirect" (HTTP 307 to ``redirect_to``), "hang" (answers after ``delay``
+seconds, for Cancel tests).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from PIL import Image
 class JudgeServer:
     def __init__(self):
         self.mode, self.failures, self.delay = "logprobs", 0, 0.0
+        self.redirect_to = ""
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         server = self
@@ -41,6 +44,8 @@ class JudgeServer:
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
+                    if status in (301, 302, 307, 308):
+                        self.send_header("Location", server.redirect_to)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
@@ -70,6 +75,12 @@ class JudgeServer:
             return 500, {"error": "internal error"}
         if mode == "not_json":
             return 200, b"<html>gateway</html>"
+        if mode == "echo_auth":
+            return 401, {"error": f"invalid credentials: {self.headers[-1].get('Authorization')}"}
+        if mode == "redirect":
+            return 307, {"error": "moved"}
+        if mode == "hang":
+            time.sleep(self.delay)
         if mode == "slow":
             time.sleep(self.delay)
         content = body["messages"][0]["content"]
