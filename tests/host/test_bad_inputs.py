@@ -15,6 +15,7 @@ import urllib.request
 
 import pytest
 
+from srrl_core.headless.errors import ExecutionError, WorkflowError
 from tests.host import hostlib
 from tests.rewards_support.judge_server import JudgeServer
 
@@ -162,8 +163,7 @@ BAD = [
 
 def refusal(server, prompt) -> str:
     """The error text of a prompt that must fail (HTTP 400 or an execution error), as a client sees it."""
-    client = hostlib.headless_client()
-    with pytest.raises((client.WorkflowError, client.ExecutionError)) as error:
+    with pytest.raises((WorkflowError, ExecutionError)) as error:
         server.run_workflow(prompt, timeout=120)
     return str(error.value)
 
@@ -198,7 +198,6 @@ def test_endpoint_failures_name_the_endpoint_and_never_echo_the_key(server, judg
 def test_cancel_is_honoured_while_the_judge_hangs(server, judge):
     judge.mode, judge.delay = "hang", 20.0
     judge.requests.clear()  # wait below for this prompt's request, so that Cancel comes while the judge hangs
-    client = hostlib.headless_client()
     prompt = scoring(loader("vlm_judge", vlm_endpoint=judge.url, options='{"timeout": 60, "retries": 0}'))
     prompt["2"]["inputs"]["color"] = 1  # not cached from an earlier prompt: the scorer must run
     outcome = {}
@@ -206,7 +205,7 @@ def test_cancel_is_honoured_while_the_judge_hangs(server, judge):
     def run():
         try:
             server.run_workflow(prompt, timeout=60)
-        except client.ExecutionError as error:
+        except ExecutionError as error:
             outcome["error"] = str(error)
 
     worker = threading.Thread(target=run)
