@@ -11,6 +11,7 @@ from . import names
 from .comfy_denoiser import check_latent_channels, host_sampler, host_sigmas, parametrization_of, progress
 from .inputs import check_widgets
 from .reward_io import latent_scorer, split_prompts
+from .round_report import round_report_image
 
 # Denoised candidates a run may produce without opt-in: (rounds + 1) x branches x latents. Every candidate stays in
 # memory for the "rounds" output (and is decoded when a reward judges), so 32 x 64 at 512 px would take gigabytes.
@@ -25,12 +26,13 @@ class ReflectiveSampler:
     )
     CATEGORY = names.CATEGORY
     FUNCTION = "sample"
-    RETURN_TYPES = ("LATENT", "LATENT", "STRING")
-    RETURN_NAMES = ("latent", "rounds", "report")
+    RETURN_TYPES = ("LATENT", "LATENT", "STRING", "IMAGE")
+    RETURN_NAMES = ("latent", "rounds", "report", "round_report")
     OUTPUT_TOOLTIPS = (
         "The chosen result: the best candidate of all rounds per latent when a reward judges; otherwise every branch of the last round.",
         "Every round's clean results (round-major), to preview the chain of thought.",
         "Per-round scores and choices.",
+        "The same report as a picture for a Preview Image node: every round's candidates with their scores, the returned result framed in green.",
     )
 
     @classmethod
@@ -109,8 +111,9 @@ class ReflectiveSampler:
         final = out(result.latent.float()).cpu()
         preview = out(result.all_latents.float()).cpu()
         text = report(result, prompts_count, branches, steps, renoise_strength)
+        picture = round_report_image(model, vae, result, prompts_count, branches, text.splitlines()[0])
         # The "ui" text lands in the prompt's history, so headless clients can read the report too.
-        return {"ui": {"text": [text]}, "result": ({"samples": final}, {"samples": preview}, text)}
+        return {"ui": {"text": [text]}, "result": ({"samples": final}, {"samples": preview}, text, picture)}
 
 
 def check_run_size(rounds: int, branches: int, latents: int, allow_large: bool) -> None:

@@ -35,7 +35,7 @@ def test_zero_rounds_matches_the_stock_ksampler(host):
     latent = {"samples": torch.zeros(2, 4, 8, 8)}
     with torch.inference_mode():
         stock = nodes.KSampler().sample(inproc.model, 5, STEPS, 3.0, "euler", "normal", pos, neg, latent, denoise=1.0)[0]
-        ours, rounds, report = pack.nodes.reflective_sampler.ReflectiveSampler().sample(
+        ours, rounds, report, _ = pack.nodes.reflective_sampler.ReflectiveSampler().sample(
             inproc.model, pos, neg, latent, **sampler_args()
         )["result"]
     # DDIM with eta 0 is Euler in sigma space: the same arithmetic up to float rounding.
@@ -50,7 +50,7 @@ def test_reward_driven_rounds_and_branches(host):
     pos, neg = inproc.encode("a bright sky"), inproc.encode("")
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     with torch.inference_mode():
-        final, rounds, report = pack.nodes.reflective_sampler.ReflectiveSampler().sample(
+        final, rounds, report, _ = pack.nodes.reflective_sampler.ReflectiveSampler().sample(
             inproc.model, pos, neg, latent, vae=inproc.vae, reward=Brightness(), reward_prompt="a bright sky",
             **sampler_args(rounds=2, branches=3, selection="best", eta=0.5, renoise_strength=0.5),
         )["result"]

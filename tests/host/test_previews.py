@@ -46,7 +46,7 @@ def test_reflective_sampler_reports_every_model_call_with_a_preview(comfy_inproc
     inproc = comfy_inprocess
     pos, neg = inproc.encode("a ball rolling down a ramp"), inproc.encode("")
     with torch.inference_mode():
-        final, _, report = pack.nodes.reflective_sampler.ReflectiveSampler().sample(
+        final, _, report, _ = pack.nodes.reflective_sampler.ReflectiveSampler().sample(
             inproc.model, pos, neg, {"samples": torch.zeros(1, 4, 8, 8)}, **sampler_args(steps=STEPS, rounds=2)
         )["result"]
     calls = planned_model_calls(STEPS, 2, 1.0)

@@ -65,7 +65,7 @@ def test_ui_and_api_formats_describe_the_same_graph(comfy_server, api_path):
 @pytest.mark.parametrize("api_path", API_FILES, ids=lambda p: p.stem)
 def test_api_workflow_runs_headless(comfy_server, api_path, tmp_path):
     prompt = shrink(load(api_path))
-    prompt_id, entry, files = comfy_server.run_workflow(prompt, timeout=600, out_dir=tmp_path)
+    _, entry, files = comfy_server.run_workflow(prompt, timeout=600, out_dir=tmp_path)
     assert entry["status"]["status_str"] == "success"
     saves = [node_id for node_id, node in prompt.items() if node["class_type"] == "SaveImage"]
     for node_id in saves:
@@ -83,6 +83,9 @@ def test_api_workflow_runs_headless(comfy_server, api_path, tmp_path):
             assert [line.split(":")[0] for line in report.splitlines() if line.startswith("round ")] == [
                 f"round {k}" for k in range(rounds + 1)
             ]
+    for node_id, node in prompt.items():  # the round report picture reaches the canvas (a Preview Image)
+        if node["class_type"] == "PreviewImage" and prompt[node["inputs"]["images"][0]]["class_type"] == "SRRLReflectiveSampler":
+            assert entry["outputs"][node_id]["images"], f"PreviewImage {node_id} shows no round report"
 
 
 @pytest.mark.parametrize(
