@@ -158,6 +158,10 @@ BAD = [
     ("vlm timeout", lambda j: scoring(loader("vlm_judge", vlm_endpoint=j.url, options='{"timeout": 1e30}')),
      ["timeout must be a finite number"]),
     ("unreachable endpoint", lambda j: scoring(loader("vlm_judge", options='{"retries": 0}')), ["could not reach"]),
+    ("prompt lines", lambda j: {**scoring(loader()), "3": {"class_type": "SRRLRewardScorer", "inputs": {
+        "images": ["2", 0], "prompts": "one\ntwo\nthree", "reward": ["1", 0]}}}, ["prompts: has 3 lines"]),
+    ("missing vae", lambda j: {**sampler(reward=["8", 0], reward_prompt="x"), "8": loader()},
+     ["vae: a VAE must be connected"]),
 ]  # fmt: skip
 
 
@@ -181,12 +185,14 @@ def test_bad_input_is_refused_naming_the_input(server, judge, case):
 def test_endpoint_failures_name_the_endpoint_and_never_echo_the_key(server, judge):
     judge.requests.clear()
     judge.headers.clear()
-    for mode, message in (("not_json", "did not answer JSON"), ("echo_auth", "HTTP 401")):
+    judge.delay = 2.0
+    for mode, message in (("not_json", "did not answer JSON"), ("echo_auth", "HTTP 401"), ("slow", "timeout 0.5s")):
         judge.mode = mode
         text = refusal(server, scoring(loader("vlm_judge", vlm_endpoint=judge.url, api_key_env=KEY_VAR,
-                                              options='{"retries": 0}')))
+                                              options='{"retries": 0, "timeout": 0.5}')))
         assert message in text and judge.url in text and KEY not in text
     assert judge.headers[-1]["Authorization"] == f"Bearer {KEY}"  # an allowed key goes to an allowed endpoint
+    judge.delay = 0.0
     history = json.dumps(server.get_json("/history"))
     assert KEY not in history and KEY not in server.log_text()
     judge.mode = "logprobs"
