@@ -1,7 +1,9 @@
 """Untrusted workflow inputs in the library and the nodes' shared checks: paths, seeds, names, numbers, temp files."""
 
 import os
+import sys
 import time
+import types
 
 import pytest
 import torch
@@ -15,7 +17,8 @@ from srrl_core.training.export import TEMP_SUFFIX, remove_stale_temp_files, save
 from srrl_core.training.lora import add_lora, load_lora_state_dict, lora_state_dict
 from tests.support import load_pack
 
-inputs = load_pack("srrl_pack_security_tests").nodes.inputs
+_nodes = load_pack("srrl_pack_security_tests").nodes
+inputs, lora_trainer = _nodes.inputs, _nodes.lora_trainer
 
 
 def test_names_resolve_only_inside_their_folders(tmp_path):
@@ -125,3 +128,25 @@ def test_node_widgets_are_checked_by_their_declared_ranges(values, message):
     with pytest.raises(ValueError, match=message):
         inputs.check_widgets(Node, {"cfg": 1.0, "steps": 2, "name": "x", **values})
     inputs.check_widgets(Node, {"cfg": 1.0, "steps": 2, "name": "x", "stop_at": None})
+
+
+def test_prompts_file_is_read_only_from_the_input_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "input"
+    folder.mkdir()
+    (folder / "ok.txt").write_text("a red cube\n\n a blue sphere \n", encoding="utf-8")
+    (folder / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    (folder / "notes.md").write_text("x\n")
+    (tmp_path / "secret.txt").write_text("root:x:0:0\n")
+    fake = types.ModuleType("folder_paths")
+    fake.get_input_directory = lambda: str(folder)
+    monkeypatch.setitem(sys.modules, "folder_paths", fake)
+    assert lora_trainer._read_prompts("a cat", "ok.txt") == ["a cat", "a red cube", "a blue sphere"]
+    for hostile in (str(tmp_path / "secret.txt"), "../secret.txt"):
+        with pytest.raises(ValueError, match="prompts_file: .* is not allowed"):
+            lora_trainer._read_prompts("", hostile)
+    with pytest.raises(ValueError, match="prompts_file: 'latin1.txt' is not UTF-8 text"):
+        lora_trainer._read_prompts("", "latin1.txt")
+    with pytest.raises(ValueError, match="prompts_file: expected a .txt file"):
+        lora_trainer._read_prompts("", "notes.md")
+    with pytest.raises(ValueError, match="prompts_file: 'gone.txt' is not a file in the input folder"):
+        lora_trainer._read_prompts("", "gone.txt")
