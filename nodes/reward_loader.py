@@ -76,9 +76,10 @@ def _full_path(name: str, label: str, kind: str = "file") -> str | None:
 def _check_weights(path: str, label: str) -> str:
     """Workflows are untrusted: never unpickle a file they name, and say which file is broken before loading."""
     if os.path.isdir(path):
-        if any(os.path.isfile(os.path.join(path, n)) for n in ("pytorch_model.bin", "config.json")) \
-                and not os.path.isfile(os.path.join(path, "model.safetensors")):
-            refuse_pickle(os.path.join(path, "pytorch_model.bin"), label)
+        # a transformers model folder whose weights exist only as a pickle (tokenizer folders hold no weights)
+        pickled = os.path.join(path, "pytorch_model.bin")
+        if os.path.isfile(pickled) and not os.path.isfile(os.path.join(path, "model.safetensors")):
+            refuse_pickle(pickled, label)
         return path
     refuse_pickle(path, label)
     if path.endswith(".safetensors"):

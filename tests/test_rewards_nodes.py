@@ -152,6 +152,11 @@ def test_loader_refuses_pickles_and_names_broken_files(host):
     loader = RewardModelLoader()
     with pytest.raises(ValueError, match="weights: 'ImageReward.pt' is a pickle-based weights file; only .safetensors"):
         loader.load(**widgets(backend="imagereward", weights="ImageReward.pt"))
+    os.makedirs(os.path.join(rewards, "pickled-hf"))
+    with open(os.path.join(rewards, "pickled-hf", "pytorch_model.bin"), "wb") as f:
+        f.write(b"\x80\x04")
+    with pytest.raises(ValueError, match="options.folder: 'pytorch_model.bin' is a pickle-based weights file"):
+        loader.load(**widgets(backend="clip_hf", options='{"folder": "pickled-hf"}'))
     with pytest.raises(ValueError, match="weights: 'empty.safetensors' is empty or truncated"):
         loader.load(**widgets(weights="empty.safetensors"))
     with pytest.raises(ValueError, match="aux_file: 'corrupt.safetensors' .* is not a readable .safetensors file"):
