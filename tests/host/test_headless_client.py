@@ -193,9 +193,9 @@ def test_cli_runs_stock_workflow_with_overrides(comfy_server, stock_workflow, tm
     assert _png(files[0])[:2] == ("PNG", (64, 64))
     # The server executed the overridden workflow.
     history = comfy_server.get_json("/history")
-    prompts = [h["prompt"][2] for h in history.values()]
-    assert any(p["3"]["inputs"]["seed"] == 7 and p["6"]["inputs"]["text"] == "a ball rolling down a ramp"
-               for p in prompts)
+    prompts = [h["prompt"][2] for h in history.values()]  # other tests' prompts too, with other node ids
+    assert any(p.get("3", {}).get("inputs", {}).get("seed") == 7
+               and p.get("6", {}).get("inputs", {}).get("text") == "a ball rolling down a ramp" for p in prompts)
 
 
 def test_seed_determinism(comfy_server, stock_workflow, tmp_path):
