@@ -10,6 +10,12 @@ ComfyUI (comfy/lora.py, ``model_lora_keys_unet``) accepts ``lora_unet_<p>`` for 
 paths of its own ``diffusion_model`` modules (LDM naming, e.g. ``input_blocks_1_1_transformer_blocks_0_attn1_to_q``)
 and diffusers UNet paths (``down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``), which it maps through
 its diffusers key map. :func:`diffusers_to_ldm` renames diffusers paths to LDM ones for a standard SD / SDXL UNet.
+
+Flow transformers (diffusers ``FluxTransformer2DModel``, ``SD3Transformer2DModel``) are written as
+``lora_transformer_<diffusers path>`` (OneTrainer's naming), which ComfyUI maps for both families through
+``comfy.utils.flux_to_diffusers`` / ``mmdit_to_diffusers`` — separate q/k/v LoRAs land on slices of its fused
+``qkv`` / ``linear1`` weights. Their "ldm" names fuse q, k and v into one layer, which a per-layer LoRA cannot
+express, so only the native naming is offered for them.
 """
 
 from __future__ import annotations
@@ -44,8 +50,16 @@ def check_lora_name(name: str) -> str:
     return name
 
 
-def kohya_prefix(module_path: str) -> str:
-    return "lora_unet_" + module_path.replace(".", "_")
+# diffusers transformer classes whose LoRA ComfyUI reads as lora_transformer_<diffusers path>.
+TRANSFORMER_CLASSES = ("FluxTransformer2DModel", "SD3Transformer2DModel")
+
+
+def kohya_prefix(module_path: str, kind: str = "unet") -> str:
+    return f"lora_{kind}_" + module_path.replace(".", "_")
+
+
+def is_flow_transformer(network: torch.nn.Module) -> bool:
+    return type(network).__name__ in TRANSFORMER_CLASSES
 
 
 def kohya_state_dict(
@@ -54,13 +68,14 @@ def kohya_state_dict(
     """kohya keys -> tensors for every LoRA layer of ``network``; ``to_ldm`` renames diffusers paths first
     (a UNet config for :func:`diffusers_to_ldm`)."""
     state = {}
+    kind = "transformer" if is_flow_transformer(network) else "unet"
     for path, layer in lora_layers(network).items():
         if to_ldm is not None:
             path = diffusers_to_ldm(path, to_ldm)
         down = layer.lora_A[ADAPTER].weight.detach()
         up = layer.lora_B[ADAPTER].weight.detach()
         rank = down.shape[0]
-        prefix = kohya_prefix(path)
+        prefix = kohya_prefix(path, kind)
         state[f"{prefix}.lora_down.weight"] = down.to("cpu", dtype).contiguous()
         state[f"{prefix}.lora_up.weight"] = up.to("cpu", dtype).contiguous()
         # alpha / rank must equal peft's scaling (alpha / r, or alpha / sqrt(r) with rsLoRA).
@@ -86,6 +101,10 @@ def export_lora(
     ``unet_config`` (the diffusers UNet config: ``layers_per_block``, ``down_block_types`` ...).
     """
     check_choice("key_style", key_style, ("diffusers", "ldm"))
+    if key_style == "ldm" and is_flow_transformer(network):
+        raise ValueError(f"key_style 'ldm' is for SD UNets; a {type(network).__name__} exports its diffusers names "
+                         "(lora_transformer_*, which ComfyUI's LoraLoader maps): use key_style 'diffusers' "
+                         "(export_key_style = \"native\")")
     to_ldm = unet_config if key_style == "ldm" and _has_diffusers_names(network) else None
     if key_style == "ldm" and _has_diffusers_names(network) and unet_config is None:
         raise ValueError("unet_config is required to export a diffusers-named network with key_style='ldm'")

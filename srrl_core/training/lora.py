@@ -9,13 +9,15 @@ Targets are module-name suffixes: attention projections ``to_q``, ``to_k``, ``to
 diffusers' and ComfyUI's SD UNets), optionally the feed-forward ``ff.net.0.proj``, ``ff.net.2`` and, with
 ``conv=True``, the resnets' 3x3 convolutions (``conv1``/``conv2`` in diffusers, ``in_layers.2``/``out_layers.3``
 in LDM naming).
+A ``*`` in a target stands for one module-path component (``single_transformer_blocks.*.proj_out`` adapts the
+single blocks' output projection of a Flux transformer, not its final ``proj_out``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -29,7 +31,7 @@ def target_pattern(targets: Sequence[str], key_style: str = "diffusers", conv: b
     """A peft ``target_modules`` regex matching full module names that end in one of ``targets``."""
     check_choice("key_style", key_style, CONV_TARGETS)
     suffixes = list(targets) + (list(CONV_TARGETS[key_style]) if conv else [])
-    return r"(.*\.)?(" + "|".join(re.escape(s) for s in suffixes) + r")"
+    return r"(.*\.)?(" + "|".join(re.escape(s).replace(r"\*", r"[^.]+") for s in suffixes) + r")"
 
 
 def add_lora(

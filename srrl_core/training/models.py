@@ -6,7 +6,9 @@ Built in:
   latent -> RGB decode. Nothing is downloaded; it exists so the CLI and tests run anywhere.
 * ``"diffusers"``: a Stable Diffusion (1.x / 2.x / XL) pipeline from a local diffusers folder, or from a
   single-file checkpoint together with a local diffusers folder holding its configs (``config``), so that
-  diffusers never reaches for the Hub.
+  diffusers never reaches for the Hub; or a Flux / SD3 (3.5) pipeline from a local folder (rectified flow,
+  LoRA in the transformer: :mod:`srrl_core.adapters.diffusers_transformer`). Any other model class in a folder
+  is refused before anything is loaded.
 * ``"toy"``: the toy-world base model shipped in ``srrl_core/toyworld`` (pixel space, no VAE).
 
 Register more with :func:`register_model`.
@@ -14,9 +16,10 @@ Register more with :func:`register_model`.
 
 from __future__ import annotations
 
+import json
 import os
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -117,15 +120,46 @@ def build_tiny(steps: int, seed: int = 0, sample_size: int = 8, device: str = "c
 # diffusers ------------------------------------------------------------------------------------------------------
 
 
+# The denoising networks the trainer supports, by the diffusers class a pipeline folder names (model_index.json).
+SUPPORTED_NETWORKS = {
+    "UNet2DConditionModel": "SD1.x / SD2 / SDXL (unet)",
+    "FluxTransformer2DModel": "Flux (transformer)",
+    "SD3Transformer2DModel": "SD3 / SD3.5 (transformer)",
+}
+
+
+def pipeline_network_class(folder: str) -> tuple[str, str, str]:
+    """(pipeline class, network component, network class) from a diffusers folder's model_index.json; raises
+    ValueError at once for a network the trainer does not support (before any weight is read)."""
+    index_path = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index_path):
+        raise ValueError(f"path {folder!r} is a folder without model_index.json, not a diffusers pipeline")
+    with open(index_path, encoding="utf-8") as f:
+        index = json.load(f)
+    pipeline = index.get("_class_name", "?")
+    found = [(c, e[1]) for c, e in index.items() if c in ("unet", "transformer") and isinstance(e, list) and len(e) == 2 and e[1]]
+    if found and found[0][1] in SUPPORTED_NETWORKS:
+        return pipeline, found[0][0], found[0][1]
+    found = f"{found[0][0]} {found[0][1]}" if found else "no unet or transformer"
+    supported = "; ".join(f"{cls} = {family}" for cls, family in SUPPORTED_NETWORKS.items())
+    raise ValueError(f"{pipeline} ({found}) is not a model family the trainer supports; supported: {supported}")
+
+
 def build_diffusers(
-    steps: int, path: str, config: str | None = None, dtype: str = "fp16", device: str = "cuda", resolution: int | None = None
+    steps: int, path: str, config: str | None = None, dtype: str = "fp16", device: str = "cuda", resolution: int | None = None,
+    guidance: float = 3.5, max_sequence_length: int = 512,
 ) -> PolicyModel:
-    """A Stable Diffusion pipeline from a local folder, or a single file with a local ``config`` folder."""
+    """A Stable Diffusion pipeline from a local folder, or a single file with a local ``config`` folder; Flux and
+    SD3 pipelines from a local folder (``guidance``: Flux's distilled guidance input; ``max_sequence_length``:
+    T5 tokens)."""
     from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
     check_choice("dtype", dtype, DTYPES)
     torch_dtype = DTYPES[dtype]
     if os.path.isdir(path):
+        _, component, _ = pipeline_network_class(path)
+        if component == "transformer":
+            return _build_flow_transformer(steps, path, torch_dtype, device, resolution, guidance, max_sequence_length)
         pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True, safety_checker=None)
     elif os.path.isfile(path):
         if config is None or not os.path.isdir(config):
@@ -153,6 +187,45 @@ def build_diffusers(
         encode=lambda prompts: encode_prompts(pipe, list(prompts)), negative=encode_prompts(pipe, [""]),
         decode=decode, sigmas=ddim_sigmas(pipe.scheduler.config, steps)[0],
         latent_shape=(pipe.unet.config.in_channels, size, size), lora_key_style="diffusers", name=os.path.basename(os.path.normpath(path)),
+    )  # fmt: skip
+
+
+def _build_flow_transformer(steps, path, torch_dtype, device, resolution, guidance, max_sequence_length) -> PolicyModel:
+    from diffusers import DiffusionPipeline
+
+    from ..adapters import diffusers_transformer as flow
+
+    check_int("max_sequence_length", max_sequence_length, 1)
+    with open(os.path.join(path, "model_index.json"), encoding="utf-8") as f:
+        absent = {k: None for k, v in json.load(f).items() if v == [None, None]}  # e.g. SD3 without T5
+    pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True, **absent)
+    pipe.to(device)
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False).eval()
+    denoiser = flow.DiffusersTransformerDenoiser(pipe.transformer, guidance=guidance)
+    scale = pipe.vae_scale_factor
+    size = (resolution or pipe.default_sample_size * scale) // scale
+    # Flux packs 2x2 latent patches into tokens of 4C features; SD3 patchifies inside the transformer.
+    patch = 2 if denoiser.family == "flux" else pipe.transformer.config.patch_size
+    channels = pipe.transformer.config.in_channels // (4 if denoiser.family == "flux" else 1)
+    size -= size % patch
+    if size < patch:
+        raise ValueError(f"resolution must be at least {patch * scale} pixels for this model, got {resolution}")
+    sigmas = flow.pipeline_sigmas(pipe, steps, (size // patch) ** 2)
+    vae = pipe.vae
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        z = latents.to(vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+        return (vae.decode(z).sample.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+
+    def encode(prompts):
+        return flow.encode_prompts(pipe, list(prompts), max_sequence_length)
+
+    return PolicyModel(
+        network=pipe.transformer, denoiser=denoiser, parametrization=denoiser.parametrization, encode=encode,
+        negative=encode([""]), decode=decode, sigmas=sigmas, latent_shape=(channels, size, size),
+        lora_key_style="diffusers", name=os.path.basename(os.path.normpath(path)),
     )  # fmt: skip
 
 
