@@ -9,8 +9,8 @@ _ROOT = os.path.dirname(os.path.abspath(__file__))
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
-from .nodes.reward_loader import register_model_folders  # noqa: E402
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from .nodes.reward_loading import register_model_folders
 
 try:
     import folder_paths  # noqa: F401  (present when a ComfyUI host loads the pack)

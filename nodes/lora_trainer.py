@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 import torch
+from PIL import Image
 
-from srrl_core.training import SRRLTrainer, TrainConfig, check_lora_name
 from srrl_core.safe_paths import resolve_in_folders
+from srrl_core.training import SRRLTrainer, TrainConfig, check_lora_name
 from srrl_core.training.curves import render_curves
 from srrl_core.training.export import remove_stale_temp_files
 
@@ -16,6 +17,7 @@ from .comfy_policy import policy_from_host, trainable
 from .inputs import check_widgets
 
 NO_FILE = "none"
+PREVIEW_SIZE = 512  # px, the largest side of a stage preview on the canvas
 
 
 class StopTraining(Exception):
@@ -25,7 +27,8 @@ class StopTraining(Exception):
 class LoRATrainer:
     DESCRIPTION = (
         "Trains a LoRA with SRRL: reflective rounds, branched stochastic rollouts, reward-normalised best/worst "
-        "selection and PPO updates (arXiv 2505.22407). Cancel stops after the current update and still saves the LoRA."
+        "selection and PPO updates (arXiv 2505.22407). The canvas shows each stage's best sample as it finishes. "
+        "Cancel stops after the current update and still saves the LoRA."
     )
     CATEGORY = names.CATEGORY
     FUNCTION = "train"
@@ -47,7 +50,7 @@ class LoRATrainer:
                 "model": ("MODEL", {"tooltip": "The model to train (SD1.x or SDXL); other patches on it are kept."}),
                 "clip": ("CLIP", {"tooltip": "Encodes the training prompts."}),
                 "vae": ("VAE", {"tooltip": "Decodes samples for the reward."}),
-                "reward": (names.REWARD, {"tooltip": "Judges the decoded samples (SRRL Reward Model Loader)."}),
+                "reward": (names.REWARD, {"tooltip": "Judges the decoded samples (an SRRL Reward loader)."}),
                 "prompts": ("STRING", {"multiline": True, "default": "", "tooltip": "Training prompts, one per line (added to prompts_file)."}),
                 "lora_name": ("STRING", {"default": "srrl_lora", "tooltip": "File name in the loras folder (letters, digits, '.', '_', '-'). Also names the run folder used to resume."}),
                 "width": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Sample width in pixels."}),
@@ -91,19 +94,22 @@ class LoRATrainer:
             seed=seed, resume=resume, output_dir=run_dir, lora_name=lora_name, progress=False, **_curriculum(steps),
         )  # fmt: skip
         bar = comfy.utils.ProgressBar(stages)
+        best = BestSample(reward)
 
         def on_event(event: str, info: dict) -> None:
             if comfy.model_management.processing_interrupted():
                 raise StopTraining  # the last completed update stays in the weights
-            if event == "stage_end":
-                bar.update_absolute(info["stage"] + 1, stages)
+            if event == "model_call":
+                best.reset()  # the reward calls after a stage's last model call score its finished samples
+            elif event == "stage_end":
+                bar.update_absolute(info["stage"] + 1, stages, best.preview())
 
         lora_path = os.path.join(folder_paths.get_folder_paths("loras")[0], f"{lora_name}.safetensors")
         remove_stale_temp_files(os.path.dirname(lora_path))  # left by a save killed midway (older versions)
         patched = model.clone()
         with trainable(patched):
             policy = policy_from_host(patched, clip, vae, width, height, scheduler, steps, name=_model_name(patched))
-            trainer = SRRLTrainer(policy, reward, prompt_list, config, callbacks=[on_event])
+            trainer = SRRLTrainer(policy, best, prompt_list, config, callbacks=[on_event])
             try:
                 trainer.train()
             except StopTraining:
@@ -123,6 +129,37 @@ def _curriculum(steps: int) -> dict:
     period = min(5, steps)
     stride = max(1, min(4, (steps - 1) // max(1, period - 1)))
     return {"curriculum_period": period, "split_step_stride": stride}
+
+
+class BestSample:
+    """The reward as the trainer calls it, remembering the best-scoring image it judged since ``reset()``.
+
+    The trainer reports every model call ("model_call") and scores a stage's finished samples after its last one,
+    so resetting on each model call leaves, at "stage_end", the best of the stage's final samples: the canvas
+    preview of that stage.
+    """
+
+    def __init__(self, reward):
+        self.reward = reward
+        self.reset()
+
+    def reset(self) -> None:
+        self.image, self.score = None, float("-inf")
+
+    def __call__(self, images: torch.Tensor, prompts) -> torch.Tensor:
+        scores = torch.as_tensor(self.reward(images, prompts)).float()
+        ranked = torch.nan_to_num(scores.detach().cpu(), nan=float("-inf"))
+        index = int(ranked.argmax())
+        if self.image is None or float(ranked[index]) > self.score:
+            self.image, self.score = images[index].detach().float().cpu().clone(), float(ranked[index])
+        return scores
+
+    def preview(self, max_size: int = PREVIEW_SIZE):
+        """("JPEG", PIL image, max_size), what ComfyUI's ProgressBar sends to the canvas; None before any score."""
+        if self.image is None:
+            return None
+        pixels = (self.image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        return ("JPEG", Image.fromarray(pixels), max_size)
 
 
 def _prompt_files() -> list[str]:

@@ -12,14 +12,16 @@ class RewardScorer:
     DESCRIPTION = "Scores every image of a batch against its prompt with a reward and sorts the batch best first."
     CATEGORY = names.CATEGORY
     FUNCTION = "score"
-    RETURN_TYPES = ("FLOAT", "IMAGE", "IMAGE", "STRING")
-    RETURN_NAMES = ("scores", "sorted_images", "best_image", "report")
-    OUTPUT_IS_LIST = (True, False, False, False)
+    RETURN_TYPES = ("FLOAT", "IMAGE", "IMAGE", "STRING", "STRING")
+    RETURN_NAMES = ("scores", "sorted_images", "best_image", "report", "best_filename_prefix")
+    OUTPUT_IS_LIST = (True, False, False, False, False)
     OUTPUT_TOOLTIPS = (
         "One score per image, in the batch's original order.",
         "The batch sorted by score, best first.",
         "The best-scoring image.",
         "Each image's rank, batch index, score and prompt.",
+        ("filename_prefix + '_score_' + the best score (e.g. srrl/best_score_0.8123): connect it to a Save Image's "
+         "filename_prefix to keep the score in the file name."),
     )
 
     @classmethod
@@ -29,13 +31,18 @@ class RewardScorer:
             "prompts": ("STRING", {"default": "", "multiline": True, "tooltip":
                 "What each image should show: one line for all images, or one line per image. For OCR, put the "
                 "wanted text in quotes."}),
-            "reward": (names.REWARD, {"tooltip": "A reward from the SRRL Reward Model Loader."}),
+            "reward": (names.REWARD, {"tooltip": "A reward from an SRRL Reward loader."}),
+        }, "optional": {
+            "filename_prefix": ("STRING", {"default": "srrl/best", "tooltip":
+                "Start of the best_filename_prefix output; the best score is appended."}),
         }}
 
-    def score(self, images, prompts, reward):
+    def score(self, images, prompts, reward, filename_prefix="srrl/best"):
         ranking = rank(reward, images, split_prompts(prompts, images.shape[0], "prompts"))
         order = ranking.order
-        return (ranking.scores.tolist(), images[order], images[order[:1]], ranking.report())
+        best = float(ranking.scores[order[0]])
+        prefix = f"{filename_prefix}_score_{best:.4f}"
+        return (ranking.scores.tolist(), images[order], images[order[:1]], ranking.report(), prefix)
 
 
 NODE_CLASS_MAPPINGS = {names.REWARD_SCORER: RewardScorer}

@@ -12,6 +12,7 @@ from tests.support import load_pack
 
 _nodes = load_pack("srrl_pack_unit_tests").nodes  # as ComfyUI loads the pack: no top-level `nodes` module
 names, reward_loader, reward_scorer = _nodes.names, _nodes.reward_loader, _nodes.reward_scorer
+families = _nodes.reward_family_loaders
 RewardModelLoader, register_model_folders = reward_loader.RewardModelLoader, reward_loader.register_model_folders
 RewardScorer = reward_scorer.RewardScorer
 from tests.rewards_support.judge_server import JudgeServer
@@ -34,9 +35,9 @@ def host(tmp_path, monkeypatch):
 
 
 def widgets(**overrides):
-    values = dict(backend="clip_openclip", weights="none", aux_file="none", clip_architecture="ViT-H-14",
-                  vlm_endpoint="http://127.0.0.1:8000/v1", vlm_model="", api_key_env="", rule="",
-                  on_failure="raise", fallback_score=0.0, device="cpu", dtype="auto", options="{}")
+    values = {"backend": "clip_openclip", "weights": "none", "aux_file": "none", "clip_architecture": "ViT-H-14",
+              "vlm_endpoint": "http://127.0.0.1:8000/v1", "vlm_model": "", "api_key_env": "", "rule": "",
+              "on_failure": "raise", "fallback_score": 0.0, "device": "cpu", "dtype": "auto", "options": "{}"}
     return {**values, **overrides}
 
 
@@ -50,7 +51,16 @@ def test_node_contract():
         for spec in node.INPUT_TYPES()["required"].values():
             assert spec[1].get("tooltip")
     assert RewardModelLoader.RETURN_TYPES == (names.REWARD,)
-    assert RewardScorer.OUTPUT_IS_LIST == (True, False, False, False)
+    assert "deprecated" in RewardModelLoader.DESCRIPTION.lower() and RewardModelLoader.DEPRECATED is True
+    assert "deprecated" in names.DISPLAY_NAMES[names.REWARD_MODEL_LOADER]
+    assert RewardScorer.OUTPUT_IS_LIST == (True, False, False, False, False)
+    assert set(_nodes.NODE_CLASS_MAPPINGS) >= set(families.NODE_CLASS_MAPPINGS) | {names.REWARD_MODEL_LOADER}
+    for key, node in families.NODE_CLASS_MAPPINGS.items():
+        assert families.NODE_DISPLAY_NAME_MAPPINGS[key] == names.DISPLAY_NAMES[key]
+        assert node.RETURN_TYPES == (names.REWARD,) and node.CATEGORY == "SRRL" and node.DESCRIPTION
+        inputs = node.INPUT_TYPES()
+        for spec in [*inputs["required"].values(), *inputs.get("optional", {}).values()]:
+            assert spec[1].get("tooltip")
 
 
 def test_register_model_folders_is_idempotent_and_keeps_user_paths(host):
@@ -104,8 +114,10 @@ def test_scorer_sorts_best_first_and_reports():
     (reward,) = RewardModelLoader().load(**widgets(backend="brightness_band",
                                                    options='{"low": 0.8, "high": 1.0, "softness": 1.0}'))
     images = torch.stack([torch.full((8, 8, 3), v) for v in (0.2, 0.9, 0.5)])
-    scores, ordered, best, report = RewardScorer().score(images, "a bright room", reward)
+    scores, ordered, best, report, prefix = RewardScorer().score(images, "a bright room", reward)
     assert scores == pytest.approx([0.4, 1.0, 0.7])
+    assert prefix == "srrl/best_score_1.0000"
+    assert RewardScorer().score(images[[0]], "a bright room", reward, filename_prefix="run/x")[4] == "run/x_score_0.4000"
     torch.testing.assert_close(ordered, images[[1, 2, 0]])
     torch.testing.assert_close(best, images[[1]])
     assert "#1  image 1  score 1.0000  a bright room" in report
@@ -181,3 +193,86 @@ def test_loader_bounds_options_and_keeps_allow_lists(host, monkeypatch):
         loader.load(**widgets(backend="weighted_sum", options=json.dumps({"terms": [term]})))
     with pytest.raises(ValueError, match="SRRL_ALLOWED_ENDPOINTS"):
         loader.load(**widgets(backend="vlm_judge", vlm_model="m", options='{"endpoint": "http://probe.example/v1"}'))
+
+
+# One loader per reward family: only its widgets, the same folder and allow-list rules -----------------------------
+
+
+def widget_names(node) -> set[str]:
+    inputs = node.INPUT_TYPES()
+    return set(inputs["required"]) | set(inputs.get("optional", {}))
+
+
+def test_family_loaders_show_only_their_widgets():
+    assert widget_names(families.OCRLoader) == {"min_confidence"}
+    assert widget_names(families.VerifierLoader) == {"verifier", "parameters"}
+    assert widget_names(families.ImageRewardLoader) == {"weights", "bert_vocab", "device", "dtype", "options"}
+    assert not widget_names(families.CLIPScoreLoader) & {"vlm_endpoint", "endpoint", "api_key_env", "rule"}
+    assert not widget_names(families.VLMJudgeLoader) & {"weights", "aux_file", "clip_architecture", "device"}
+    legacy = widget_names(RewardModelLoader)
+    assert all(len(widget_names(node)) < len(legacy) for node in families.NODE_CLASS_MAPPINGS.values())
+
+
+def test_family_loaders_load_what_the_legacy_loader_loads(host):
+    (legacy,) = RewardModelLoader().load(**widgets(backend="pickscore", weights="tiny-hf/model.safetensors"))
+    (pick,) = families.CLIPScoreLoader().load("pickscore", "tiny-hf/model.safetensors", "none", "ViT-H-14", "cpu",
+                                              "auto", "{}")
+    (clip,) = families.CLIPScoreLoader().load("clip_openclip", "open_clip_model.safetensors", "srrl-tiny-clip.json",
+                                              "ViT-H-14", "cpu", "auto", "{}")
+    (aesthetic,) = families.CLIPScoreLoader().load("aesthetic", "tiny-hf/model.safetensors", "head.safetensors",
+                                                   "ViT-H-14", "cpu", "auto", "{}")
+    images = torch.rand(2, 32, 32, 3)
+    torch.testing.assert_close(pick.score(images, "a red ball"), legacy.score(images, "a red ball"))
+    for reward in (clip, aesthetic):
+        assert reward.score(images, "a red ball").shape == (2,)
+    with pytest.raises(ValueError, match="weights: choose the hpsv2 weights file"):
+        families.CLIPScoreLoader().load("hpsv2", "none", "none", "ViT-H-14", "cpu", "auto", "{}")
+    with pytest.raises(ValueError, match="weights: '/etc/hostname' is not allowed"):
+        families.CLIPScoreLoader().load("clip_openclip", "/etc/hostname", "none", "ViT-H-14", "cpu", "auto", "{}")
+    with pytest.raises(ValueError, match="options.checkpoint: '../x.safetensors' is not allowed"):
+        families.CLIPScoreLoader().load("clip_openclip", "open_clip_model.safetensors", "none", "ViT-H-14", "cpu",
+                                        "auto", '{"checkpoint": "../x.safetensors"}')
+
+
+def test_imagereward_loader_refuses_pickles(host):
+    rewards = os.path.join(host.models_dir, names.REWARDS_FOLDER)
+    with open(os.path.join(rewards, "ImageReward.pt"), "wb") as f:
+        f.write(b"\x80\x04not really a pickle")
+    with pytest.raises(ValueError, match="weights: 'ImageReward.pt' is a pickle-based weights file"):
+        families.ImageRewardLoader().load("ImageReward.pt", "none", "cpu", "auto", "{}")
+    with pytest.raises(ValueError, match="weights: choose the imagereward weights file"):
+        families.ImageRewardLoader().load("none", "none", "cpu", "auto", "{}")
+
+
+def test_verifier_and_weighted_mix_loaders():
+    (bright,) = families.VerifierLoader().load("brightness_band", '{"low": 0.8, "high": 1.0, "softness": 1.0}')
+    (red,) = families.VerifierLoader().load("colour_presence", '{"colour": "255,0,0", "min_fraction": 0.5}')
+    images = torch.stack([torch.full((8, 8, 3), v) for v in (0.2, 0.9)])
+    torch.testing.assert_close(bright.score(images, "x"), torch.tensor([0.4, 1.0]))
+    (mix,) = families.WeightedMixLoader().load(bright, 2.0, red, -1.0)
+    torch.testing.assert_close(mix.score(images, "x"), 2.0 * bright.score(images, "x") - red.score(images, "x"))
+    (three,) = families.WeightedMixLoader().load(bright, 1.0, bright, 1.0, reward_3=bright, weight_3=0.5)
+    torch.testing.assert_close(three.score(images, "x"), 2.5 * bright.score(images, "x"))
+    with pytest.raises(ValueError, match="colour_presence' needs option"):
+        families.VerifierLoader().load("colour_presence", "{}")
+    with pytest.raises(ValueError, match="weight_2 must be a finite number"):
+        families.WeightedMixLoader().load(bright, 1.0, red, float("nan"))
+
+
+def test_vlm_judge_loader_keeps_the_allow_lists_and_fallback(monkeypatch):
+    monkeypatch.setenv("HOME", "/root")
+    with pytest.raises(ValueError, match="SRRL_ALLOWED_KEY_VARS"):
+        families.VLMJudgeLoader().load("http://127.0.0.1:9/v1", "m", "HOME", "", "raise", 0.0, "{}")
+    with pytest.raises(ValueError, match="SRRL_ALLOWED_ENDPOINTS"):
+        families.VLMJudgeLoader().load("http://probe.example:8000/v1", "m", "", "", "raise", 0.0, "{}")
+    with pytest.raises(ValueError, match="fallback_score must be a finite number"):
+        families.VLMJudgeLoader().load("http://127.0.0.1:9/v1", "m", "", "", "raise", float("inf"), "{}")
+    server = JudgeServer()
+    server.mode = "malformed"
+    try:
+        (judge,) = families.VLMJudgeLoader().load(server.url, "rule-judge", "", "the top is bright",
+                                                  "use fallback score", 0.3, '{"retries": 0}')
+        assert judge.score(torch.rand(1, 8, 8, 3), "x").item() == pytest.approx(0.3)
+        assert server.requests[0]["messages"][0]["content"][0]["text"].startswith("Does this image obey: the top is bright?")
+    finally:
+        server.close()

@@ -68,6 +68,20 @@ def loader(backend="brightness_band", **inputs):
     return {"class_type": "SRRLRewardModelLoader", "inputs": {**values, **inputs}}
 
 
+def family(class_type: str, **inputs) -> dict:
+    """A per-family reward loader (nodes/reward_family_loaders.py) with harmless defaults."""
+    defaults = {
+        "SRRLRewardCLIPScore": {"model_kind": "clip_openclip", "weights": "none", "aux_file": "none",
+                                "clip_architecture": "ViT-H-14", "device": "cpu", "dtype": "auto", "options": "{}"},
+        "SRRLRewardImageReward": {"weights": "none", "bert_vocab": "none", "device": "cpu", "dtype": "auto",
+                                  "options": "{}"},
+        "SRRLRewardVLMJudge": {"endpoint": "http://127.0.0.1:9/v1", "model": "judge", "api_key_env": "", "rule": "",
+                               "on_failure": "raise", "fallback_score": 0.0, "options": "{}"},
+        "SRRLRewardVerifier": {"verifier": "symmetry", "parameters": "{}"},
+    }[class_type]
+    return {"class_type": class_type, "inputs": {**defaults, **inputs}}
+
+
 def scoring(reward_node: dict) -> dict:
     """A prompt that loads a reward and scores one small image with it."""
     return {
@@ -162,6 +176,19 @@ BAD = [
         "images": ["2", 0], "prompts": "one\ntwo\nthree", "reward": ["1", 0]}}}, ["prompts: has 3 lines"]),
     ("missing vae", lambda j: {**sampler(reward=["8", 0], reward_prompt="x"), "8": loader()},
      ["vae: a VAE must be connected"]),
+    # the per-family loaders share the deprecated loader's checks (nodes/reward_loading.py)
+    ("family: options checkpoint", lambda j: scoring(family("SRRLRewardCLIPScore", weights=f"{PREFIX}corrupt.safetensors",
+     options='{"checkpoint": "/etc/hostname"}')), ["options.checkpoint", "not allowed"]),
+    ("family: corrupt weights", lambda j: scoring(family("SRRLRewardCLIPScore", weights=f"{PREFIX}corrupt.safetensors")),
+     ["weights", f"{PREFIX}corrupt.safetensors", "not a readable .safetensors"]),
+    ("family: pickle weights", lambda j: scoring(family("SRRLRewardImageReward", weights=f"{PREFIX}weights.pt")),
+     ["weights", f"{PREFIX}weights.pt", "only .safetensors"]),
+    ("family: key variable", lambda j: scoring(family("SRRLRewardVLMJudge", endpoint=j.url, api_key_env="HOME")),
+     ["api_key_env", "SRRL_ALLOWED_KEY_VARS"]),
+    ("family: endpoint", lambda j: scoring(family("SRRLRewardVLMJudge", endpoint="http://probe.example:8000/v1")),
+     ["SRRL_ALLOWED_ENDPOINTS="]),
+    ("family: verifier parameters deep", lambda j: scoring(family("SRRLRewardVerifier", parameters=DEEP)),
+     ["options nests"]),
 ]  # fmt: skip
 
 

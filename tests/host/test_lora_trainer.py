@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import copy
+import io
 import json
 import os
+import struct
+import time
+import uuid
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from srrl_core.headless import queue_prompt
 from srrl_core.rewards.base import Reward
 
 from .hostlib import TINY_CKPT_NAME
@@ -23,11 +27,11 @@ class Brightness(Reward):
         return images.mean(dim=(1, 2, 3))
 
 
-TRAIN_ARGS = dict(
-    prompts="a bright sky\na dark cave", width=64, height=64, stages=2, prompts_per_stage=2, steps=4,
-    scheduler="ddim_uniform", split_time=2, max_rounds=1, reflection_cfg=3.0, rollout_cfg=5.0, inversion_cfg=0.1,
-    learning_rate=1e-3, lora_rank=4, lora_alpha=4.0, seed=300, resume=False,
-)  # fmt: skip
+TRAIN_ARGS = {
+    "prompts": "a bright sky\na dark cave", "width": 64, "height": 64, "stages": 2, "prompts_per_stage": 2, "steps": 4,
+    "scheduler": "ddim_uniform", "split_time": 2, "max_rounds": 1, "reflection_cfg": 3.0, "rollout_cfg": 5.0, "inversion_cfg": 0.1,
+    "learning_rate": 1e-3, "lora_rank": 4, "lora_alpha": 4.0, "seed": 300, "resume": False,
+}  # fmt: skip
 
 
 def test_trainer_node_writes_a_lora_the_host_loads(comfy_inprocess):
@@ -136,3 +140,91 @@ def test_cancel_keeps_the_last_good_lora(comfy_inprocess):
                    lora_name="srrl_test_cancel", **(TRAIN_ARGS | {"stages": 3}))  # fmt: skip
     assert os.path.isfile(path)  # written from the weights after the last completed update
     assert not any(".lora_" in name for name, _ in comfy_inprocess.model.model.diffusion_model.named_parameters())
+
+
+def test_each_stage_sends_its_best_sample_to_the_canvas(comfy_inprocess):
+    pack = comfy_inprocess.load_pack()
+    utils = comfy_inprocess.import_module("comfy.utils")
+    judged = []  # (images, scores) of every reward call, in order
+
+    class Recording(Brightness):
+        def _score(self, images, prompts):
+            scores = super()._score(images, prompts)
+            judged.append((images.clone(), scores.clone()))
+            return scores
+
+    records, saved_hook = [], utils.PROGRESS_BAR_HOOK
+    utils.set_progress_bar_global_hook(lambda value, total, preview, *_, **__: records.append((value, total, preview)))
+    try:
+        with torch.inference_mode():
+            out = pack.nodes.lora_trainer.LoRATrainer().train(
+                comfy_inprocess.model, comfy_inprocess.clip, comfy_inprocess.vae, Recording(),
+                lora_name="srrl_test_previews", **TRAIN_ARGS)  # fmt: skip
+    finally:
+        utils.set_progress_bar_global_hook(saved_hook)
+    import folder_paths
+
+    os.remove(os.path.join(folder_paths.get_folder_paths("loras")[0], out["result"][1]))
+    stages = TRAIN_ARGS["stages"]
+    bar = [(value, total, preview) for value, total, preview in records if total == stages]
+    assert [(value, total) for value, total, _ in bar] == [(n + 1, stages) for n in range(stages)]
+    # Stages this short have no reflective round: each stage's reward calls score only its finished samples
+    # (prompts_per_stage x split_time of them), and the preview is the best of those.
+    per_stage = TRAIN_ARGS["prompts_per_stage"] * TRAIN_ARGS["split_time"]
+    images = torch.cat([i for i, _ in judged])
+    scores = torch.cat([s for _, s in judged])
+    assert images.shape[0] == stages * per_stage
+    for stage, (_, _, preview) in enumerate(bar):
+        kind, picture, max_size = preview
+        assert kind == "JPEG" and max_size >= 64 and picture.size == (TRAIN_ARGS["width"], TRAIN_ARGS["height"])
+        rows = slice(stage * per_stage, (stage + 1) * per_stage)
+        best = images[rows][int(scores[rows].argmax())]
+        expected = (best.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        assert np.array_equal(np.asarray(picture), expected)
+
+
+def test_stage_previews_reach_the_websocket(comfy_server):
+    websocket = pytest.importorskip("websocket", reason="websocket-client is not installed")
+    client_id = uuid.uuid4().hex
+    train = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT_NAME}},
+        "2": {"class_type": "SRRLRewardVerifier", "inputs": {"verifier": "brightness_band",
+              "parameters": json.dumps({"low": 1.0, "high": 1.0, "softness": 1.0})}},
+        "3": {"class_type": "SRRLLoRATrainer", "inputs": {**TRAIN_ARGS, "seed": int(time.time()) % 100000,
+              "lora_name": "srrl_ci_previews", "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "reward": ["2", 0]}},
+    }  # fmt: skip
+    ws = websocket.create_connection(f"ws://127.0.0.1:{comfy_server.port}/ws?clientId={client_id}", timeout=10)
+    progress, frames = [], []
+    try:
+        prompt_id = queue_prompt(comfy_server.base_url, train, client_id=client_id)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            ws.settimeout(max(1.0, deadline - time.monotonic()))
+            message = ws.recv()
+            if isinstance(message, bytes):
+                frames.append(message)
+                continue
+            event = json.loads(message)
+            data = event.get("data") or {}
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            if event["type"] == "progress":
+                progress.append((data["node"], data["value"], data["max"]))
+            elif event["type"] in ("execution_error", "execution_interrupted"):
+                pytest.fail(f"the prompt failed: {data}")
+            elif event["type"] == "executing" and data.get("node") is None:
+                break
+        else:
+            pytest.fail("the prompt did not finish within 600 s")
+    finally:
+        ws.close()
+    stages = TRAIN_ARGS["stages"]
+    assert [p for p in progress if p[0] == "3"] == [("3", n + 1, stages) for n in range(stages)]
+    assert len(frames) == stages  # one preview per stage: the trainer's own sampling sends none
+    for frame in frames:
+        event, image_type = struct.unpack(">II", frame[:8])
+        assert (event, image_type) == (1, 1)  # PREVIEW_IMAGE, JPEG
+        with Image.open(io.BytesIO(frame[8:])) as image:
+            # the 64 px sample, scaled by the server to its preview size (both hosts)
+            assert image.format == "JPEG" and image.width == image.height >= TRAIN_ARGS["width"]
+    (comfy_server.host_dir / "models" / "loras" / "srrl_ci_previews.safetensors").unlink(missing_ok=True)
