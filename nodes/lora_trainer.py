@@ -9,6 +9,7 @@ from PIL import Image
 
 from srrl_core.safe_paths import resolve_in_folders
 from srrl_core.training import SRRLTrainer, TrainConfig, check_lora_name
+from srrl_core.training.config import scaled_curriculum
 from srrl_core.training.curves import render_curves
 from srrl_core.training.export import remove_stale_temp_files
 
@@ -67,7 +68,7 @@ class LoRATrainer:
                 "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1e-2, "step": 1e-5, "round": 1e-7, "tooltip": "AdamW learning rate."}),
                 "lora_rank": ("INT", {"default": 4, "min": 1, "max": 128, "tooltip": "LoRA rank on every attention projection."}),
                 "lora_alpha": ("FLOAT", {"default": 4.0, "min": 0.1, "max": 256.0, "step": 0.1, "tooltip": "LoRA alpha (scale = alpha / rank)."}),
-                "seed": ("INT", {"default": 300, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Base seed; stage n uses seed + n."}),
+                "seed": ("INT", {"default": 300, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Base seed: every random stream of stage n (prompts, noise, shuffling) derives from (seed, n); the same seed replays the run."}),
                 "resume": ("BOOLEAN", {"default": True, "tooltip": "Continue the run of the same lora_name from its last checkpoint."}),
             },
             "optional": {
@@ -91,7 +92,7 @@ class LoRATrainer:
             steps=steps, stages=stages, prompts_per_stage=prompts_per_stage, split_time=split_time,
             max_rounds=max_rounds, reflection_scale=reflection_cfg, rollout_scale=rollout_cfg,
             inversion_scale=inversion_cfg, learning_rate=learning_rate, lora_rank=lora_rank, lora_alpha=lora_alpha,
-            seed=seed, resume=resume, output_dir=run_dir, lora_name=lora_name, progress=False, **_curriculum(steps),
+            seed=seed, resume=resume, output_dir=run_dir, lora_name=lora_name, progress=False, **scaled_curriculum(steps),
         )  # fmt: skip
         bar = comfy.utils.ProgressBar(stages)
         best = BestSample(reward)
@@ -122,13 +123,6 @@ class LoRATrainer:
         curves = torch.from_numpy(render_curves(history))[None]
         summary = f"SRRL LoRA '{lora_name}': {len(history)} stage(s) run, saved to {lora_path}"
         return {"ui": {"text": [summary]}, "result": (trained, f"{lora_name}.safetensors", curves)}
-
-
-def _curriculum(steps: int) -> dict:
-    """The reference's split-step cycle 1, 5, 9, 13, 17 (for 20 steps), compressed to fit shorter schedules."""
-    period = min(5, steps)
-    stride = max(1, min(4, (steps - 1) // max(1, period - 1)))
-    return {"curriculum_period": period, "split_step_stride": stride}
 
 
 class BestSample:

@@ -13,6 +13,7 @@ from srrl_core.training import (
 )  # fmt: skip
 from srrl_core.training.lora import adapters_disabled, lora_layers
 from srrl_core.training.models import tiny_unet
+from srrl_core.training.rollout import START, derive_seed
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +91,7 @@ def test_curriculum_matches_the_reference_and_seeds_do_not_repeat():
     config = TrainConfig()
     assert [config.split_step(n) for n in range(10)] == [1, 5, 9, 13, 17] * 2
     assert [config.rounds(n) for n in (0, 4, 5, 49)] == [0, 0, 1, 9]
-    assert len({config.stage_seed(n) for n in range(50)}) == 50
+    assert len({derive_seed(config.seed, n, START, 0) for n in range(50)}) == 50
 
 
 @pytest.mark.parametrize(
@@ -262,3 +263,25 @@ def test_scored_reflection_rounds_are_logged_and_the_best_is_carried(tmp_path):
     trainer = SRRLTrainer(build_policy("tiny", 6), lambda images, prompts: images.mean(dim=(1, 2, 3)), ["a red cube"], config)
     metrics = trainer.run_stage(2)  # K = 2 rounds, each scored
     assert {"round_reward_mean/0", "round_reward_mean/1"} <= set(metrics) and metrics["reflection_rounds"] == 2
+
+
+def test_the_branch_point_skips_deterministic_steps_so_siblings_always_differ():
+    import dataclasses
+
+    from srrl_core.training import SRRLTrainer, collect_rollout
+    from srrl_core.training.rollout import branch_point
+
+    policy = build_policy("tiny", steps=6)
+    ending_at_zero = torch.cat([policy.sigmas[:-1], torch.zeros(1)])  # the last step lands on alpha = 1: varsigma = 0
+    param = policy.parametrization
+    assert branch_point(param, policy.sigmas, 1, 1.0) == 5  # every step stochastic: fork before the last
+    assert branch_point(param, ending_at_zero, 1, 1.0) == 4  # one earlier: the last step cannot make siblings differ
+    assert branch_point(param, ending_at_zero, 5, 1.0) == 0 and branch_point(param, ending_at_zero, 6, 1.0) is None
+    policy = dataclasses.replace(policy, sigmas=ending_at_zero)
+    config = _rollout_config(split_step_start=1, split_step_stride=0, curriculum_period=1, max_rounds=0)
+    rollout = collect_rollout(policy, policy.encode(["a red cube"]), ["a red cube"], config, stage=0, first_row=0)
+    assert rollout.trainable.tolist() == [True, False]
+    assert not torch.allclose(rollout.final[0], rollout.final[1])
+    with pytest.raises(ValueError, match=r"largest split step \(6\) exceeds the 5 stochastic steps"):
+        SRRLTrainer(policy, lambda images, prompts: images.mean(dim=(1, 2, 3)), ["a"],
+                    _rollout_config(split_step_start=6, split_step_stride=0, curriculum_period=1))

@@ -1,7 +1,7 @@
 """Weighted combination of rewards: score_i = sum_k w_k * r_k(x_i, c_i).
 
 Rewards live on different scales (CLIP cosine ~0.3, PickScore ~20, verifiers in [0, 1]), so choose the
-weights with that in mind, or normalise per prompt afterwards (normalization.py). Negative weights turn a
+weights with that in mind, or let the trainer normalise per prompt (srrl_core/training/advantages.py). Negative weights turn a
 reward into a penalty.
 """
 

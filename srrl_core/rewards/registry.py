@@ -102,6 +102,13 @@ def _weighted_sum(terms: list[dict]) -> Reward:
     return WeightedSum(built)
 
 
+def _toy_physics() -> Reward:
+    """The toy world's graded pixel verifier (presence x faithfulness x physical rule), for its recipes."""
+    from ..toyworld.verifiers import ToyPhysicsReward
+
+    return ToyPhysicsReward()
+
+
 def _register_builtins() -> None:
     # Imports stay inside the factories' modules' functions: heavy libraries load only when a backend is built.
     from .aesthetic import load_aesthetic
@@ -118,7 +125,7 @@ def _register_builtins() -> None:
         "aesthetic": load_aesthetic, "hpsv2": load_hpsv2, "imagereward": load_imagereward,
         "ocr": OCRTextReward, "vlm_judge": VLMJudge,
         "colour_presence": ColourPresence, "brightness_band": BrightnessBand, "horizon_level": HorizonLevel,
-        "object_count": ObjectCount, "symmetry": Symmetry, "weighted_sum": _weighted_sum,
+        "object_count": ObjectCount, "symmetry": Symmetry, "weighted_sum": _weighted_sum, "toy_physics": _toy_physics,
     }.items():
         register_backend(name, factory)
 

@@ -4,12 +4,17 @@ The backward-progressive curriculum of B²-DiffuRL / SRRL over stages :math:`n =
 
 .. math::
     \text{split\_step}(n) = s_0 + \Delta_s\,(n \bmod P),\qquad
-    K(n) = \min\big(\lfloor n / R \rfloor,\ K_{max}\big),\qquad
-    \text{seed}(n) = \text{seed} + n
+    K(n) = \min\big(\lfloor n / R \rfloor,\ K_{max}\big)
 
 with :math:`s_0 = 1,\ \Delta_s = 4,\ P = 5` (split steps 1, 5, 9, 13, 17) and :math:`R = 5` (K = 0 ... 9 over 50
-stages). The reference seeds stage n with ``300 + (n mod 5)``, so every fifth stage replays the same noise; here
-every stage has its own seed.
+stages). ``split_step`` counts *stochastic* transitions (those with :math:`\varsigma > 0`): a schedule whose last
+step lands on :math:`\alpha = 1` (``set_alpha_to_one``) ends with a deterministic step, where siblings cannot
+differ, so the branch point moves one step earlier there (:mod:`.rollout`). :func:`scaled_curriculum` fits the
+reference's cycle to a shorter schedule.
+
+Every random stream of stage n (prompts, start noise, reflection, prefix, branches, shuffling) is seeded from
+(``seed``, n, stream, global row) by numpy's SeedSequence; the reference seeded stage n with ``300 + (n mod 5)``,
+so every fifth stage replayed the same noise.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from dataclasses import dataclass
 
 from ..sampling.reflective import SELECTIONS
 from ..validation import check_choice, check_float, check_int
+from .advantages import ADVANTAGE_MODES
+from .selection import SIBLING_SELECTIONS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -48,16 +55,24 @@ class TrainConfig:
     curriculum_period: int = 5  # split_step cycles with this period
     rounds_every: int = 5  # one more reflective round every this many stages
     max_rounds: int = 9
+
+    groups_per_prompt: int = 1  # branching groups per drawn prompt: each prompt gets groups_per_prompt * split_time samples
     seed: int = 300
 
-    # Rewards -> advantages -> selection.
-    reward_history: int = 8  # earlier stages per prompt in the normalisation statistics
+    # Rewards -> advantages -> selection (advantages.py, selection.py).
+    advantage_mode: str = "per_prompt"  # "per_prompt" (DDPO stat tracker), "group" (GRPO), "win_rate" (Pref-GRPO)
+    advantage_min_count: int = 16  # a prompt with fewer rewards this stage uses the whole stage's statistics
+    advantage_std_floor: float = 0.01  # in reward units: differences below it are not blown up to +-1
+    reward_history: int = 0  # earlier stages per prompt in the statistics (the reference: 8; mixes policies)
+    sibling_selection: str = "best_worst"  # "best_worst" (B²-DiffuRL: thresholds below) or "all" (every sibling)
     positive_threshold: float = 0.5  # keep a group's best sibling when its advantage >= this
     negative_threshold: float = -0.5  # keep a group's worst sibling when its advantage < this
+    min_reward_gap: float = 0.0  # in reward units: a group whose rewards differ less keeps no sibling
 
     # PPO-clipped update.
     epochs: int = 2
-    clip_range: float = 0.1
+    clip_range: float = 1e-4  # on ratios of mean-over-elements probabilities: DDPO's scale (the reference's 0.1 never binds)
+    target_kl: float = 0.0  # stop a stage's update once an optimiser step's mean approx_kl exceeds this (0: never)
     advantage_clip: float = 5.0
     beta_positive: float = 1.0  # advantage weight for kept best siblings (A > 0)
     beta_negative: float = 1.0  # advantage weight for kept worst siblings (A < 0)
@@ -100,14 +115,15 @@ class TrainConfig:
         for name, low in (
             ("steps", 1), ("stages", 1), ("prompts_per_stage", 1), ("split_time", 1), ("split_step_start", 1),
             ("split_step_stride", 0), ("curriculum_period", 1), ("rounds_every", 1), ("max_rounds", 0), ("seed", 0),
-            ("reward_history", 0), ("epochs", 1), ("trajectories_per_update", 1), ("micro_batch_size", 1),
+            ("groups_per_prompt", 1), ("advantage_min_count", 1), ("reward_history", 0), ("epochs", 1), ("trajectories_per_update", 1), ("micro_batch_size", 1),
             ("lora_rank", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
         ):  # fmt: skip
             check_int(name, getattr(self, name), low)
         for name, low, high in (
             ("rollout_scale", 0.0, None), ("reflection_scale", 0.0, None), ("inversion_scale", 0.0, None),
             ("reflection_eta", 0.0, 1.0), ("reflection_strength", 0.0, 1.0), ("reflection_temperature", 1e-6, None),
-            ("clip_range", 0.0, 1.0), ("advantage_clip", 0.0, None), ("beta_positive", 0.0, None),
+            ("clip_range", 0.0, 1.0), ("target_kl", 0.0, None), ("advantage_std_floor", 0.0, None),
+            ("min_reward_gap", 0.0, None), ("advantage_clip", 0.0, None), ("beta_positive", 0.0, None),
             ("beta_negative", 0.0, None), ("learning_rate", 0.0, 1.0), ("adam_beta1", 0.0, 0.999999),
             ("adam_beta2", 0.0, 0.999999), ("weight_decay", 0.0, 1.0), ("adam_epsilon", 0.0, 1.0),
             ("max_grad_norm", 0.0, None), ("timestep_fraction", 1e-6, 1.0), ("kl_coef", 0.0, None),
@@ -119,6 +135,8 @@ class TrainConfig:
         check_float("negative_threshold", self.negative_threshold, high=self.positive_threshold)
         check_choice("reflection_selection", self.reflection_selection, SELECTIONS)
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        check_choice("advantage_mode", self.advantage_mode, ADVANTAGE_MODES)
+        check_choice("sibling_selection", self.sibling_selection, SIBLING_SELECTIONS)
         if not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets):
             raise ValueError(f"lora_targets must be a non-empty list of module-name suffixes, got {self.lora_targets!r}")
         largest = self.split_step(self.curriculum_period - 1)
@@ -132,15 +150,12 @@ class TrainConfig:
     # The curriculum -------------------------------------------------------------------------------------------
 
     def split_step(self, stage: int) -> int:
-        """How many final denoising steps stage ``stage`` branches and trains."""
+        """How many final stochastic denoising steps stage ``stage`` branches and trains."""
         return self.split_step_start + self.split_step_stride * (stage % self.curriculum_period)
 
     def rounds(self, stage: int) -> int:
         """Reflective rounds K before the recorded rollout of stage ``stage``."""
         return min(stage // self.rounds_every, self.max_rounds)
-
-    def stage_seed(self, stage: int) -> int:
-        return self.seed + stage
 
     @property
     def scores_rounds(self) -> bool:
@@ -163,9 +178,14 @@ class TrainConfig:
         return cls(**values)
 
 
-def replace(config: TrainConfig, **changes) -> TrainConfig:
-    """A validated copy of ``config`` with ``changes``."""
-    return dataclasses.replace(config, **changes)
+def scaled_curriculum(steps: int) -> dict:
+    """Split-step settings for a ``steps``-step schedule: the reference's cycle 1, 5, 9, 13, 17 (20 steps),
+    compressed to fit shorter schedules. Only ``steps - 1`` steps are counted: a schedule that ends on alpha = 1
+    (ComfyUI's, ``set_alpha_to_one``) has a deterministic last step."""
+    stochastic = max(1, steps - 1)
+    period = min(5, stochastic)
+    stride = max(1, min(4, (stochastic - 1) // max(1, period - 1)))
+    return {"split_step_start": 1, "curriculum_period": period, "split_step_stride": stride}
 
 
-__all__ = ["MIXED_PRECISION", "TrainConfig", "replace"]
+__all__ = ["MIXED_PRECISION", "TrainConfig", "scaled_curriculum"]

@@ -12,11 +12,11 @@ PANELS = (("reward_mean", "reward (mean per stage)"), ("loss_mean", "PPO loss"),
 PANEL_W, PANEL_H, MARGIN = 360, 220, 36
 
 
-def render_curves(history: list[dict]) -> np.ndarray:
-    """An RGB float image [H, W, 3] in [0, 1]: one panel per metric, stage on the x axis."""
-    image = Image.new("RGB", (PANEL_W * len(PANELS), PANEL_H), "white")
+def render_curves(history: list[dict], panels: tuple[tuple[str, str], ...] = PANELS) -> np.ndarray:
+    """An RGB float image [H, W, 3] in [0, 1]: one panel per (metric key, title), stage on the x axis."""
+    image = Image.new("RGB", (PANEL_W * len(panels), PANEL_H), "white")
     draw = ImageDraw.Draw(image)
-    for index, (key, title) in enumerate(PANELS):
+    for index, (key, title) in enumerate(panels):
         points = [(h["stage"], h[key]) for h in history if isinstance(h.get(key), (int, float)) and math.isfinite(h[key])]
         _panel(draw, index * PANEL_W, title, points)
     return np.asarray(image, dtype=np.float32) / 255.0

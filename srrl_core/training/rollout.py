@@ -8,7 +8,8 @@ For P prompts (rows prompt-major throughout):
 2. **Recorded rollout** from the reflected latent: DDIM with ``rollout_eta`` at CFG ``rollout_scale``. Its first
    :math:`N - \text{split\_step}` steps run once per prompt (the shared prefix); there each trajectory forks into
    G = ``split_time`` siblings that finish the schedule with independent noise, recording latents, next latents
-   and log-probabilities of their ``split_step`` transitions.
+   and log-probabilities of their transitions. The branch point leaves ``split_step`` *stochastic* transitions
+   after it (:func:`branch_point`): a deterministic step cannot make siblings differ.
 
 Every random stream is seeded from (run seed, stage, stream, global row), so a row's samples do not depend on how
 the rows are split over processes or batches, and a stage replays exactly after a resume.
@@ -36,6 +37,24 @@ PROMPTS, START, REFLECTION, PREFIX, BRANCH, SHUFFLE, GLOBAL = range(7)
 def derive_seed(*keys: int) -> int:
     """A well-mixed 63-bit seed for a tuple of non-negative integers (numpy's SeedSequence)."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def stochastic_mask(param, sigmas: torch.Tensor, eta: float) -> torch.Tensor:
+    """Bool [N]: which transitions of the schedule ``sigmas`` [N + 1] draw noise (varsigma > 0)."""
+    return transition_std(param, sigmas[:-1].float(), sigmas[1:].float(), eta) > 0
+
+
+def stochastic_steps(param, sigmas: torch.Tensor, eta: float) -> int:
+    return int(stochastic_mask(param, sigmas, eta).sum())
+
+
+def branch_point(param, sigmas: torch.Tensor, split_step: int, eta: float) -> int | None:
+    """The step index where siblings fork so that ``split_step`` stochastic transitions follow (None: too few).
+    Deterministic steps (e.g. the last one onto alpha = 1) are never counted: siblings cannot differ there."""
+    stochastic = stochastic_mask(param, sigmas, eta).nonzero().flatten()
+    if split_step > stochastic.numel():
+        return None
+    return int(stochastic[-split_step])
 
 
 def row_noise(seed: int, stage: int, stream: int, rows: range) -> BranchNoise:
@@ -101,12 +120,12 @@ def collect_rollout(
             )  # fmt: skip
             x, sigmas = state.latent, state.sigmas
             round_scores = [r.scores.flatten() for r in state.rounds if r.scores is not None]
-        split_step = config.split_step(stage)
-        branch_at = sigmas.numel() - 1 - split_step
-        if branch_at < 0:
+        branch_at = branch_point(policy.parametrization, sigmas, config.split_step(stage), config.rollout_eta)
+        if branch_at is None:
             raise ValueError(
-                f"reflection_strength ({config.reflection_strength}) leaves {sigmas.numel() - 1} steps after re-noising, "
-                f"fewer than split_step {split_step} of stage {stage}; raise reflection_strength or lower the split steps"
+                f"reflection_strength ({config.reflection_strength}) leaves {stochastic_steps(policy.parametrization, sigmas, config.rollout_eta)} "
+                f"stochastic steps after re-noising, fewer than split_step {config.split_step(stage)} of stage {stage}; "
+                "raise reflection_strength or lower the split steps"
             )
         if branch_at > 0:
             x = sample(guided, x, sigmas[: branch_at + 1], scale=config.rollout_scale, eta=config.rollout_eta,

@@ -1,10 +1,18 @@
-r"""B²-DiffuRL's sibling selection: which branched trajectories are worth training on.
+r"""Sibling selection: which branched trajectories are worth training on.
 
-Each prompt's trajectory forks into G siblings at the branching step. With normalised advantages
-:math:`A_{p,1..G}`, a group contributes its best sibling when :math:`\max_g A_{p,g} \ge \tau_+` and its worst
-sibling when :math:`\min_g A_{p,g} < \tau_-` (reference :math:`\tau_\pm = \pm 0.5`); every other sibling is dropped.
-Only the transitions after the branching point (the last ``split_step`` of the schedule) are trained: before it
-the siblings share one prefix and differ in nothing.
+Each group's trajectory forks into G siblings at the branching step. With advantages :math:`A_{p,1..G}` and raw
+rewards :math:`r_{p,1..G}`:
+
+``best_worst`` (B²-DiffuRL, the reference)
+    a group contributes its best sibling when :math:`\max_g A_{p,g} \ge \tau_+` and its worst sibling when
+    :math:`\min_g A_{p,g} < \tau_-` (reference :math:`\tau_\pm = \pm 0.5`); every other sibling is dropped.
+``all`` (DDPO / GRPO)
+    every sibling trains with its advantage.
+
+Either way a group keeps nothing when its rewards differ by less than ``min_gap``
+(:math:`\max_g r_{p,g} - \min_g r_{p,g}`): the best of near-identical siblings is not better, and training on it
+pushes the policy along noise. Only the transitions after the branching point are trained: before it the
+siblings share one prefix.
 """
 
 from __future__ import annotations
@@ -12,14 +20,30 @@ from __future__ import annotations
 import torch
 
 
-def select_siblings(advantages: torch.Tensor, positive_threshold: float = 0.5, negative_threshold: float = -0.5) -> torch.Tensor:
-    """Bool mask [P, G] of kept siblings for advantages [P, G] (argmax / argmin per group, first on ties)."""
+SIBLING_SELECTIONS = ("best_worst", "all")
+
+
+def select_siblings(advantages: torch.Tensor, positive_threshold: float = 0.5, negative_threshold: float = -0.5,
+                    rewards: torch.Tensor | None = None, min_gap: float = 0.0, mode: str = "best_worst") -> torch.Tensor:  # fmt: skip
+    """Bool mask [P, G] of kept siblings for advantages [P, G] (``best_worst``: argmax / argmin per group, first on
+    ties; ``all``: every sibling); with ``rewards`` [P, G], groups whose reward range is below ``min_gap`` keep
+    nothing."""
     if advantages.ndim != 2 or advantages.shape[1] < 1:
-        raise ValueError(f"advantages must be [prompts, siblings], got shape {tuple(advantages.shape)}")
-    keep = torch.zeros_like(advantages, dtype=torch.bool)
-    rows = torch.arange(advantages.shape[0])
-    best_value, best = advantages.max(dim=1)
-    worst_value, worst = advantages.min(dim=1)
-    keep[rows, best] |= best_value >= positive_threshold
-    keep[rows, worst] |= worst_value < negative_threshold
+        raise ValueError(f"advantages must be [groups, siblings], got shape {tuple(advantages.shape)}")
+    if mode not in SIBLING_SELECTIONS:
+        raise ValueError(f"sibling_selection must be one of {list(SIBLING_SELECTIONS)}, got {mode!r}")
+    if mode == "all":
+        keep = torch.ones_like(advantages, dtype=torch.bool)
+    else:
+        keep = torch.zeros_like(advantages, dtype=torch.bool)
+        rows = torch.arange(advantages.shape[0])
+        best_value, best = advantages.max(dim=1)
+        worst_value, worst = advantages.min(dim=1)
+        keep[rows, best] |= best_value >= positive_threshold
+        keep[rows, worst] |= worst_value < negative_threshold
+    if rewards is not None:
+        if rewards.shape != advantages.shape:
+            raise ValueError(f"rewards must have the advantages' shape {tuple(advantages.shape)}, got {tuple(rewards.shape)}")
+        gap = rewards.max(dim=1).values - rewards.min(dim=1).values
+        keep &= (gap >= min_gap).to(keep.device)[:, None]
     return keep

@@ -2,17 +2,22 @@ r"""The SRRL trainer: stages of reflective rollouts with branching, selection an
 
 One stage n (see :mod:`.rollout`, :mod:`.selection`, :mod:`.ppo`):
 
-1. draw ``prompts_per_stage`` prompts; each process samples its share: K(n) reflective rounds, then a rollout
-   that forks into G siblings for the last split_step(n) steps;
-2. score the siblings' decoded images, gather the scores of all processes and normalise them per prompt with
-   the history of up to ``reward_history`` earlier stages (:class:`srrl_core.rewards.PerPromptNormalizer`);
-3. keep each group's best sibling if :math:`A \ge \tau_+` and its worst if :math:`A < \tau_-`;
+1. draw ``prompts_per_stage`` prompts, each for ``groups_per_prompt`` groups; each process samples its share of
+   the groups: K(n) reflective rounds, then a rollout that forks into G siblings for the last split_step(n)
+   stochastic steps;
+2. score the siblings' decoded images, gather the scores of all processes and turn them into advantages
+   (:mod:`.advantages`: per prompt with a batch fallback and a std floor, per group, or by win rate);
+3. keep each group's best sibling if :math:`A \ge \tau_+` and its worst if :math:`A < \tau_-`, when the group's
+   rewards differ by at least ``min_reward_gap`` (:mod:`.selection`);
 4. ``epochs`` passes over the kept transitions in shuffled micro-batches (each row at its own noise level):
    recompute the CFG-guided prediction with LoRA, :math:`\log p_\theta` by :func:`srrl_core.sampling.ddim_log_prob`,
    the clipped surrogate (plus the optional KL penalty), and take an AdamW step every
-   ``trajectories_per_update`` kept trajectories' worth of transitions, clipping the gradient norm.
+   ``trajectories_per_update`` kept trajectories' worth of transitions, clipping the gradient norm; with
+   ``target_kl`` the update stops early once an optimiser step's mean approx_kl passes it.
 
-A stage that keeps nothing logs a warning and skips its update. A non-finite loss stops training with
+A stage that keeps nothing logs a warning saying why and skips its update; stages whose update changed nothing
+(no kept transition, zero gradient, zero LoRA change) are counted as ``noop_stages`` in the summary, and a run
+whose LoRA never moved ends with a warning naming the likely cause. A non-finite loss stops training with
 :class:`TrainingDiverged` naming the stage and step; the last checkpoint (written only at the end of good
 stages) stays the latest.
 """
@@ -31,9 +36,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..rewards.normalization import PerPromptNormalizer
 from ..sampling.ddim import ddim_log_prob
 from ..sampling.reflective import planned_model_calls
+from ..sampling.renoise import renoise_start
+from .advantages import AdvantageEstimator
 from .checkpoint import latest_checkpoint, load_checkpoint, model_fingerprint, same_model, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .distributed import SingleProcess
@@ -42,7 +48,7 @@ from .lora import LoraEMA, add_lora, adapters_disabled, load_lora_state_dict, lo
 from .metrics import MetricsWriter
 from .policy import PolicyModel, take_rows
 from .ppo import approx_kl, clip_advantages, ppo_clip_loss, transition_kl
-from .rollout import GLOBAL, PROMPTS, SHUFFLE, Rollout, collect_rollout, derive_seed
+from .rollout import GLOBAL, PROMPTS, SHUFFLE, Rollout, collect_rollout, derive_seed, stochastic_steps
 from .selection import select_siblings
 
 logger = logging.getLogger(__name__)
@@ -160,8 +166,11 @@ class SRRLTrainer:
         if policy.steps != config.steps:
             raise ValueError(f"policy.sigmas must hold steps + 1 = {config.steps + 1} levels, got {policy.sigmas.numel()}")
         self.dist = distributed or SingleProcess()
-        if config.prompts_per_stage % self.dist.world_size:
-            raise ValueError(f"prompts_per_stage ({config.prompts_per_stage}) must be a multiple of the number of processes ({self.dist.world_size})")
+        groups = config.prompts_per_stage * config.groups_per_prompt
+        if groups % self.dist.world_size:
+            raise ValueError(f"prompts_per_stage * groups_per_prompt ({groups}) must be a multiple of the number of "
+                             f"processes ({self.dist.world_size})")  # fmt: skip
+        self._check_curriculum(policy, config)
         self.policy, self.reward, self.prompts = policy, reward, prompts
         self.callbacks = list(callbacks)
         self.fingerprint = model_fingerprint(policy.network)  # before injection: base weights only
@@ -176,7 +185,8 @@ class SRRLTrainer:
         device_type = policy.device.type
         self.scaler = torch.amp.GradScaler(device_type) if config.mixed_precision == "fp16" else None
         self.ema = LoraEMA(self.params, config.ema_decay) if config.ema_decay > 0 else None
-        self.normalizer = PerPromptNormalizer(history=config.reward_history)
+        self.advantages = AdvantageEstimator(config.advantage_mode, min_count=config.advantage_min_count,
+                                             std_floor=config.advantage_std_floor, history=config.reward_history)
         self.stage = 0
         self.optimizer_steps = 0
         self.history: list[dict] = []
@@ -208,12 +218,18 @@ class SRRLTrainer:
             "stages_run": len(ran), "stage": self.stage, "stages": self.config.stages,
             "resumed_from": self.resumed_from, "optimizer_steps": self.optimizer_steps,
             "kept_trajectories": sum(h["kept_trajectories"] for h in ran),
-            "skipped_updates": sum(1 for h in ran if h["kept_trajectories"] == 0),
+            "skipped_updates": sum(1 for h in ran if h["kept_transitions"] == 0),
+            "noop_stages": sum(1 for h in ran if h["noop"]),
             "reward_mean_first": ran[0]["reward_mean"] if ran else None,
             "reward_mean_last": ran[-1]["reward_mean"] if ran else None,
             "model_calls": sum(h["model_calls"] for h in ran), "seconds": time.perf_counter() - started,
             "lora_path": lora_path, "output_dir": self.config.output_dir,
         }  # fmt: skip
+        if ran and summary["noop_stages"] == len(ran):
+            logger.warning(
+                "SRRL training changed nothing: in all %d stage(s) the LoRA did not move. Likely causes: a reward that "
+                "does not vary between siblings (constant or saturated), thresholds / min_reward_gap that keep no "
+                "sibling, learning_rate 0, or a model whose output does not depend on the LoRA layers", len(ran))
         logger.info("SRRL training finished: %s", summary)
         return summary
 
@@ -236,9 +252,12 @@ class SRRLTrainer:
                                       on_step=lambda: self._emit("model_call", stage=stage))  # fmt: skip
         rewards = dist.gather(self._score(rollout.final, prompts).float())
         row_prompts = [p for p in all_prompts for _ in range(config.split_time)]
-        advantages = self.normalizer(rewards, row_prompts)
-        local_adv = advantages[first * config.split_time : (first + local) * config.split_time]
-        keep = select_siblings(local_adv.view(local, config.split_time), config.positive_threshold, config.negative_threshold)
+        advantages = self.advantages(rewards, row_prompts, group_size=config.split_time)
+        rows = slice(first * config.split_time, (first + local) * config.split_time)
+        local_adv = advantages[rows]
+        keep = select_siblings(local_adv.view(local, config.split_time), config.positive_threshold, config.negative_threshold,
+                               rewards[rows].view(local, config.split_time), config.min_reward_gap,
+                               config.sibling_selection)  # fmt: skip
         shuffle = torch.Generator().manual_seed(derive_seed(config.seed, stage, SHUFFLE, dist.rank))
         samples = kept_transitions(rollout, keep, local_adv, config, shuffle)
         counts = dist.all_reduce_sum_(torch.tensor([int(keep.sum()), len(samples)], dtype=torch.float64))
@@ -251,12 +270,19 @@ class SRRLTrainer:
         }  # fmt: skip
         for k, scores in enumerate(rollout.round_scores):
             metrics[f"round_reward_mean/{k}"] = float(dist.gather(scores.float()).mean())
-        if transitions == 0:
-            logger.warning("stage %d kept no trajectory (thresholds %+g / %+g); skipping its update",
-                           stage, config.positive_threshold, config.negative_threshold)  # fmt: skip
+        if kept == 0:
+            logger.warning("stage %d kept no trajectory: no group's best or worst sibling passed the thresholds "
+                           "(%+g / %+g) with a reward gap >= %g; skipping its update", stage, config.positive_threshold,
+                           config.negative_threshold, config.min_reward_gap)  # fmt: skip
+        elif transitions == 0:
+            logger.warning("stage %d kept %d trajectories but none of their transitions is stochastic (split step %d); "
+                           "skipping its update", stage, kept, split_step)  # fmt: skip
         else:
             per_trajectory = transitions / kept
+            before = [p.detach().clone() for p in self.params]
             metrics.update(self._update(samples, stage, shuffle, max(1, round(config.trajectories_per_update * per_trajectory))))
+            metrics["lora_change"] = float(sum((p.detach() - b).float().pow(2).sum() for p, b in zip(self.params, before)) ** 0.5)
+        metrics["noop"] = metrics.get("lora_change", 0.0) == 0.0
         metrics["seconds"] = time.perf_counter() - started
         del self._cond
         self.history.append({"stage": stage, **metrics})
@@ -265,9 +291,12 @@ class SRRLTrainer:
         return metrics
 
     def stage_prompts(self, stage: int) -> list[str]:
-        """The prompts of stage ``stage`` across all processes (drawn with replacement, seeded by the stage)."""
-        g = torch.Generator().manual_seed(derive_seed(self.config.seed, stage, PROMPTS))
-        return [self.prompts[i] for i in torch.randint(len(self.prompts), (self.config.prompts_per_stage,), generator=g).tolist()]
+        """The prompt of every group of stage ``stage`` across all processes: ``prompts_per_stage`` prompts drawn
+        with replacement (seeded by the stage), each repeated for its ``groups_per_prompt`` groups."""
+        config = self.config
+        g = torch.Generator().manual_seed(derive_seed(config.seed, stage, PROMPTS))
+        drawn = torch.randint(len(self.prompts), (config.prompts_per_stage,), generator=g).tolist()
+        return [self.prompts[i] for i in drawn for _ in range(config.groups_per_prompt)]
 
     def lora_path(self) -> str:
         return os.path.join(self.config.output_dir, f"{self.config.lora_name}.safetensors")
@@ -289,7 +318,7 @@ class SRRLTrainer:
         if self.dist.is_main:
             state = {
                 "config": self.config.to_dict(), "fingerprint": self.fingerprint, "base_model": self.policy.name,
-                "normalizer": self.normalizer.state_dict(), "optimizer_steps": self.optimizer_steps,
+                "advantages": self.advantages.state_dict(), "optimizer_steps": self.optimizer_steps,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None, "history": self.history,
             }  # fmt: skip
             folder = save_checkpoint(
@@ -320,25 +349,36 @@ class SRRLTrainer:
         total = int(dist.all_reduce_sum_(torch.tensor([len(samples)], dtype=torch.float64))[0])
         steps_per_epoch = max(1, math.ceil(total / per_update))
         sums = {"loss": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0, "kl": 0.0, "ratio": 0.0}
-        grad_norms = []
+        grad_norms, seen, stopped = [], 0, False
         for epoch in range(config.epochs):
+            if stopped:
+                break
             order = torch.randperm(len(samples), generator=generator)
             chunks = torch.tensor_split(order, steps_per_epoch)
             step_sizes = dist.all_reduce_sum_(torch.tensor([float(len(c)) for c in chunks], dtype=torch.float64))
             for step, chunk in enumerate(chunks):
                 loss_sum = torch.zeros((), dtype=torch.float64)
+                step_kl = 0.0
                 for micro in chunk.split(config.micro_batch_size):
                     loss, stats = self._micro_batch(samples.take(micro), float(step_sizes[step]))
                     loss_sum += float(loss.detach()) * float(step_sizes[step])
+                    step_kl += stats["approx_kl"]
                     for key, value in stats.items():
                         sums[key] += value
                 grad_norms.append(self._optimizer_step(stage, epoch, step, loss_sum))
-        count = config.epochs * total
+                seen += int(step_sizes[step])
+                if config.target_kl > 0:
+                    mean_kl = float(dist.all_reduce_sum_(torch.tensor([step_kl], dtype=torch.float64))[0]) / float(step_sizes[step])
+                    if mean_kl > config.target_kl:
+                        stopped = True  # the policy left the trust region: no more steps on this stage's samples
+                        break
+        count = seen
         out = {f"{k}_mean": float(dist.all_reduce_sum_(torch.tensor([v], dtype=torch.float64))[0]) / count for k, v in sums.items()}
         if config.kl_coef == 0:
             del out["kl_mean"]
         out["grad_norm_mean"] = float(np.mean(grad_norms))
         out["optimizer_steps"] = len(grad_norms)
+        out["early_stopped"] = int(stopped)
         return out
 
     def _micro_batch(self, batch: Transitions, step_total: float) -> tuple[torch.Tensor, dict]:
@@ -411,13 +451,33 @@ class SRRLTrainer:
         self.optimizer.load_state_dict(checkpoint.optimizer)
         if self.scaler is not None and checkpoint.state.get("scaler"):
             self.scaler.load_state_dict(checkpoint.state["scaler"])
-        self.normalizer = PerPromptNormalizer.from_state_dict(checkpoint.state["normalizer"])
+        self.advantages.load_state_dict(checkpoint.state.get("advantages", checkpoint.state.get("normalizer")))
         self.stage = checkpoint.stage
         self.optimizer_steps = int(checkpoint.state.get("optimizer_steps", 0))
         self.history = list(checkpoint.state.get("history", []))
         set_rng_state(*checkpoint.rng)
         logger.info("resumed from %s at stage %d", folder, self.stage)
         return folder
+
+    @staticmethod
+    def _check_curriculum(policy: PolicyModel, config: TrainConfig) -> None:
+        """Every stage's split step must fit the stochastic steps its rollout has: checked before any sampling."""
+        largest = max(config.split_step(n) for n in range(config.curriculum_period))
+        available = stochastic_steps(policy.parametrization, policy.sigmas, config.rollout_eta)
+        if largest > available:
+            raise ValueError(f"the curriculum's largest split step ({largest}) exceeds the {available} stochastic steps "
+                             f"of the {config.steps}-step schedule; lower split_step_start / split_step_stride")  # fmt: skip
+        reflecting = [n for n in range(config.stages) if config.rounds(n) > 0]
+        if reflecting and config.reflection_strength < 1:
+            tail = policy.sigmas[renoise_start(config.steps, config.reflection_strength):]
+            available = stochastic_steps(policy.parametrization, tail, config.rollout_eta)
+            largest = max(config.split_step(n) for n in reflecting[: config.curriculum_period])
+            if largest > available:
+                raise ValueError(
+                    f"reflection_strength ({config.reflection_strength}) leaves {available} stochastic steps after "
+                    f"re-noising, fewer than the largest split step of a reflecting stage ({largest}); raise "
+                    "reflection_strength or lower split_step_start / split_step_stride"
+                )
 
     def _emit(self, event: str, **info) -> None:
         for callback in self.callbacks:
