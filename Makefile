@@ -9,6 +9,7 @@ demo: setup
 	$(PY) -m srrl_core.demo --out output/demo
 
 test: setup setup-host
+	$(PY) -m ruff check .
 	SRRL_REQUIRE_HOST=1 SRRL_COMFYUI_DIR=$(HOST) $(PY) -m pytest
 
 # Every benchmark in a seconds-long smoke run (exit non-zero if one fails); FULL=1 for the full measurements.

@@ -75,6 +75,7 @@ def main(argv=None) -> dict:
 
     from .rewards import load_reward
     from .training import AccelerateProcesses, SRRLTrainer, TrainConfig, build_policy
+    from .training.export import is_flow_transformer
 
     data = load_config_file(args.config)
     training = dict(data.get("training") or {})
@@ -94,6 +95,9 @@ def main(argv=None) -> dict:
     model_spec = dict(data.get("model") or {"name": "tiny"})
     model_spec["device"] = str(accelerator.device)  # one device per process
     policy = build_policy(model_spec, steps=config.steps)
+    if export_style == "ldm" and is_flow_transformer(policy.network):  # refuse now, not after training
+        raise ValueError(f"export_key_style 'ldm' is for SD UNets; a {type(policy.network).__name__} exports its "
+                         "diffusers names (lora_transformer_...), which ComfyUI maps: use export_key_style = \"native\"")
     reward_spec = dict(data.get("reward") or {})
     if "backend" not in reward_spec:
         raise ValueError("reward must name a backend, e.g. [reward] backend = \"brightness_band\"")

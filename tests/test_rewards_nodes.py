@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.rewards_support import builders, fake_folder_paths
+from tests.rewards_support.judge_server import JudgeServer
 from tests.support import load_pack
 
 _nodes = load_pack("srrl_pack_unit_tests").nodes  # as ComfyUI loads the pack: no top-level `nodes` module
@@ -15,7 +16,6 @@ names, reward_loader, reward_scorer = _nodes.names, _nodes.reward_loader, _nodes
 families = _nodes.reward_family_loaders
 RewardModelLoader, register_model_folders = reward_loader.RewardModelLoader, reward_loader.register_model_folders
 RewardScorer = reward_scorer.RewardScorer
-from tests.rewards_support.judge_server import JudgeServer
 
 
 @pytest.fixture

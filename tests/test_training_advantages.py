@@ -61,6 +61,15 @@ def test_the_gap_rule_drops_groups_of_near_identical_siblings():
         select_siblings(advantages, 0.5, -0.5, rewards[:1], 0.05)
 
 
+def test_keep_all_selection_trains_every_sibling_of_groups_that_differ():
+    advantages = torch.tensor([[0.1, -0.1, 0.0], [1.0, -1.0, 0.0]])
+    rewards = torch.tensor([[0.5, 0.49, 0.495], [0.9, 0.2, 0.5]])
+    keep = select_siblings(advantages, 0.5, -0.5, rewards, min_gap=0.05, mode="all")
+    assert keep.tolist() == [[False, False, False], [True, True, True]]
+    with pytest.raises(ValueError, match="sibling_selection must be one of"):
+        select_siblings(advantages, mode="some")
+
+
 def test_history_window_holds_this_batch_plus_the_last_n_batches():
     estimator = AdvantageEstimator(history=2, min_count=1)
     batches = [torch.tensor([1.0, 2.0]), torch.tensor([3.0, 5.0]), torch.tensor([8.0, 13.0]), torch.tensor([0.0, 4.0])]

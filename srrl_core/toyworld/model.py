@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..validation import check_choice, check_float, check_int
+from ..validation import check_float, check_int
 from .text_encoder import TEXT_ENCODER_CONFIG, build_text_encoder, encode_tokens, tokenize
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")

@@ -385,7 +385,6 @@ def _render_water(p: dict, size: int) -> torch.Tensor:
     cv.paint(cv.y >= 0.88, WATER_TABLE)
     a = math.radians(p["angle_deg"])
     axis_up = np.array([math.sin(a), -math.cos(a)])  # from the bottom of the glass toward its rim
-    across = np.array([math.cos(a), math.sin(a)])
     cx, cy = p["center"]
     w, h, wall = p["half_width"], p["half_height"], 0.035
     # glass: walls and bottom around the inside, open at the top (the rim)

@@ -91,7 +91,7 @@ class TrainConfig:
     # LoRA.
     lora_rank: int = 4
     lora_alpha: float = 4.0
-    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")  # module-name suffixes
+    lora_targets: tuple[str, ...] | None = None  # module-name suffixes; None: the model's own list (PolicyModel)
     lora_conv: bool = False  # also adapt the resnets' 3x3 convolutions
 
     # Precision and memory.
@@ -108,7 +108,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        self.lora_targets = tuple(self.lora_targets)
+        if self.lora_targets is not None:
+            self.lora_targets = tuple(self.lora_targets)
         self.validate()
 
     def validate(self) -> "TrainConfig":
@@ -137,7 +138,7 @@ class TrainConfig:
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         check_choice("advantage_mode", self.advantage_mode, ADVANTAGE_MODES)
         check_choice("sibling_selection", self.sibling_selection, SIBLING_SELECTIONS)
-        if not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets):
+        if self.lora_targets is not None and (not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets)):
             raise ValueError(f"lora_targets must be a non-empty list of module-name suffixes, got {self.lora_targets!r}")
         largest = self.split_step(self.curriculum_period - 1)
         if largest > self.steps:
@@ -165,7 +166,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        out["lora_targets"] = list(self.lora_targets)
+        out["lora_targets"] = list(self.lora_targets) if self.lora_targets is not None else None
         return out
 
     @classmethod

@@ -226,6 +226,7 @@ def _build_flow_transformer(steps, path, torch_dtype, device, resolution, guidan
         network=pipe.transformer, denoiser=denoiser, parametrization=denoiser.parametrization, encode=encode,
         negative=encode([""]), decode=decode, sigmas=sigmas, latent_shape=(channels, size, size),
         lora_key_style="diffusers", name=os.path.basename(os.path.normpath(path)),
+        lora_targets=flow.LORA_TARGETS[type(pipe.transformer).__name__],
     )  # fmt: skip
 
 

@@ -39,6 +39,8 @@ class PolicyModel:
     * ``lora_key_style``: how ``network``'s module names read — "diffusers" (``down_blocks.0.attentions.0...``)
       or "ldm" (``input_blocks.1.1...``, ComfyUI's ``diffusion_model``); exported keys keep the same names.
     * ``name``: what the base model is called in logs and checkpoints.
+    * ``lora_targets``: the module-name suffixes LoRA adapts unless ``TrainConfig.lora_targets`` names others
+      (UNet attention by default; flow transformers bring their own lists).
     """
 
     network: torch.nn.Module
@@ -51,6 +53,7 @@ class PolicyModel:
     latent_shape: tuple[int, int, int]
     lora_key_style: str = "diffusers"
     name: str = "model"
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 
     def __post_init__(self):
         check_choice("lora_key_style", self.lora_key_style, KEY_STYLES)

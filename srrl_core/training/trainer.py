@@ -174,7 +174,7 @@ class SRRLTrainer:
         self.policy, self.reward, self.prompts = policy, reward, prompts
         self.callbacks = list(callbacks)
         self.fingerprint = model_fingerprint(policy.network)  # before injection: base weights only
-        self.params = add_lora(policy.network, rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets,
+        self.params = add_lora(policy.network, rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets or policy.lora_targets,
                                key_style=policy.lora_key_style, conv=config.lora_conv, seed=config.seed)  # fmt: skip
         if config.gradient_checkpointing:
             if not hasattr(policy.network, "enable_gradient_checkpointing"):

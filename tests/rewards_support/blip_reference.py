@@ -13,7 +13,9 @@ import torch.nn.functional as F
 
 def _attention(q, k, v, heads, key_mask=None):
     b, n, d = q.shape
-    split = lambda t: t.view(b, t.shape[1], heads, d // heads).transpose(1, 2)
+    def split(t):
+        return t.view(b, t.shape[1], heads, d // heads).transpose(1, 2)
+
     logits = split(q) @ split(k).transpose(-1, -2) / (d // heads) ** 0.5
     if key_mask is not None:
         logits = logits.masked_fill(~key_mask[:, None, None, :].bool(), float("-inf"))
