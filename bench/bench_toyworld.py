@@ -1,20 +1,32 @@
-"""Does SRRL improve reasoning? Physical compliance on held-out toy-world prompts and seeds.
+"""Does SRRL improve physical reasoning? Paired held-out compliance on the toy world, with the compute counted.
 
-Methods (same base model, same held-out prompts x seeds, verdicts by the pixel verifiers):
+Every method is judged on one fixed held-out set -- ``--prompts`` distinct held-out prompts x 4 noise seeds,
+plain eta-0 sampling unless the method samples otherwise -- against the base model on the same pairs: Wilson 95%
+intervals, the exact McNemar test on discordant pairs, pooled and per family. Compute is counted, not assumed:
+``network rows`` are rows the denoiser network evaluated (a CFG step of one sample is two rows), split into
+sampling and the updates' forward passes; ``images`` are the images training sampled (rollout siblings and
+reflective passes).
+
+Methods:
   base               plain DDIM
-  reflect K          the reflective sampler, K = 1..4 rounds, 2 branches, reward-driven (best) selection
-  SRRL               LoRA trained by SRRL (reflection, branching, best/worst selection), sampled plainly
-  SRRL + reflect     the SRRL LoRA with K = 2 reflective rounds
-  DDPO               LoRA trained by DDPO (independent trajectories, every transition, no reflection, no
-                     branching) with as many sampled images as SRRL's training sampled
-Prints a markdown table with 95% Wilson intervals, model calls and wall time.
+  reflect K          reflective sampling, K = 1..3 rounds, one branch, best round by the verifier reward,
+                     re-noise strength ``--strength``
+  best-of-N          N independent samples, the best by the verifier reward; N = the reflect-K model calls / steps
+  SRRL               LoRA trained with configs/toyworld.toml (one run per ``--seeds``), sampled plainly
+  SRRL + reflect 1   the same LoRA with one reflective round
+  DDPO               the same trainer without reflection or branching: every trajectory independent, all steps,
+                     every sample trained with its per-prompt advantage; as many sampled images as SRRL
+  SRRL lr = 0        the control: the SRRL run with learning rate 0 (first seed)
 
-    python bench/bench_toyworld.py [--stages 10 --prompts 24 --seeds 4 --threads 1]
+    python bench/bench_toyworld.py [--seeds 0 1 2] [--stages 24] [--prompts 96] [--threads 2] [--quick]
+
+Results are appended to ``--out``/results.jsonl as each method finishes and printed as a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -23,82 +35,147 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from srrl_core.toyworld import sample_prompts  # noqa: E402
-from srrl_core.toyworld.experiment import evaluate  # noqa: E402
+from srrl_core.demo import RECIPE  # noqa: E402
+from srrl_core.toyworld.experiment import evaluate, heldout_set, mcnemar_exact, per_family  # noqa: E402
 from srrl_core.toyworld.verifiers import ToyPhysicsReward  # noqa: E402
+from srrl_core.train import load_config_file, read_prompts  # noqa: E402
 from srrl_core.training import SRRLTrainer, TrainConfig, build_policy  # noqa: E402
 
-STEPS, SCALE = 10, 4.0  # as the main job: 10 DDIM steps suffice for the 32 px toy model
+
+class CountedPolicy:
+    """The toy policy with its denoiser's rows counted: sampling (no grad) and update (grad) apart."""
+
+    def __init__(self, steps: int):
+        self.policy = build_policy("toy", steps)
+        self.rows = {"sampling": 0, "update": 0}
+        denoiser = self.policy.denoiser
+
+        def counted(x, sigma, cond):
+            self.rows["update" if torch.is_grad_enabled() else "sampling"] += x.shape[0]
+            return denoiser(x, sigma, cond)
+
+        self.policy.denoiser = counted
+
+    def take(self) -> dict:
+        rows, self.rows = self.rows, {"sampling": 0, "update": 0}
+        return rows
 
 
-def srrl_config(stages: int, out: str) -> TrainConfig:
-    return TrainConfig(
-        steps=STEPS, stages=stages, prompts_per_stage=8, split_time=4, split_step_stride=2, rounds_every=2, max_rounds=2,
-        rollout_scale=SCALE, learning_rate=3e-4, trajectories_per_update=16, micro_batch_size=16,
-        output_dir=out, lora_name="srrl", tensorboard=False, resume=False, progress=False,
-    )  # fmt: skip
+def ddpo_config(srrl: TrainConfig, out: str) -> TrainConfig:
+    """DDPO in the same trainer at SRRL's sampled-image budget: no reflection, one trajectory per group (no
+    branching, so every step from the start is trained), every sample kept with its per-prompt advantage."""
+    per_stage = sum(sampled_images(srrl, n) for n in range(srrl.stages)) / srrl.stages
+    groups = max(4, round(per_stage / srrl.prompts_per_stage))  # >= 4 samples per prompt for a baseline
+    values = {**srrl.to_dict(), "groups_per_prompt": groups, "split_time": 1, "max_rounds": 0,
+              "split_step_start": srrl.steps - 1, "split_step_stride": 0, "curriculum_period": 1,
+              "positive_threshold": -1e9, "negative_threshold": -1e9, "min_reward_gap": 0.0,
+              "advantage_min_count": min(groups, srrl.advantage_min_count), "output_dir": out, "lora_name": "ddpo"}  # fmt: skip
+    return TrainConfig.from_dict(values)
 
 
-def ddpo_config(stages: int, images_per_stage: int, out: str) -> TrainConfig:
-    """DDPO in the same trainer: one sibling per group (no branching), every trajectory kept (thresholds far
-    below any advantage), all steps trained, no reflection."""
-    return TrainConfig(
-        steps=STEPS, stages=stages, prompts_per_stage=images_per_stage, split_time=1, split_step_start=STEPS,
-        split_step_stride=0, curriculum_period=1, max_rounds=0, positive_threshold=-1e9, negative_threshold=-1e9,
-        rollout_scale=SCALE, learning_rate=3e-4, trajectories_per_update=16, micro_batch_size=16,
-        output_dir=out, lora_name="ddpo", tensorboard=False, resume=False, progress=False,
-    )  # fmt: skip
-
-
-def row(name, evaluation, seconds, extra_calls=0):
-    low, high = evaluation.interval()
-    return f"| {name} | {evaluation.rate:.3f} | [{low:.2f}, {high:.2f}] | {evaluation.model_calls + extra_calls} | {seconds:.0f} |"
+def sampled_images(config: TrainConfig, stage: int) -> int:
+    """Images one training stage samples: every group's reflective passes plus its siblings."""
+    return config.prompts_per_stage * config.groups_per_prompt * (config.rounds(stage) + config.split_time)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stages", type=int, default=10)
-    parser.add_argument("--prompts", type=int, default=24, help="held-out prompts")
-    parser.add_argument("--seeds", type=int, default=4, help="seeds per held-out prompt")
-    parser.add_argument("--max-rounds", type=int, default=4)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    parser.add_argument("--stages", type=int, help="override the recipe's stages")
+    parser.add_argument("--prompts", type=int, default=96, help="held-out prompts (x 4 noise seeds)")
+    parser.add_argument("--strength", type=float, default=0.6, help="re-noise strength of reflection at inference")
+    parser.add_argument("--methods", nargs="+", default=["base", "reflect", "best_of_n", "srrl", "ddpo", "control"])
+    parser.add_argument("--quick", action="store_true", help="seconds-sized smoke run: 6 prompts, 1 seed, 1 stage")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", default="bench/results/toyworld")
     args = parser.parse_args()
+    if args.quick:
+        args.prompts, args.seeds, args.stages = 6, args.seeds[:1], 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    heldout = sample_prompts("heldout", args.prompts, seed=1)
-    seeds = list(range(5000, 5000 + args.seeds))
-    train_prompts = sample_prompts("train", 256, seed=0)
-    lines = ["| method | compliance | 95% CI | model calls (eval + training) | wall s |", "|---|---|---|---|---|"]
+    os.makedirs(args.out, exist_ok=True)
+    data = load_config_file(str(RECIPE))
+    recipe = {**data["training"], "progress": False, "resume": False, "tensorboard": False}
+    if args.stages:
+        recipe["stages"] = args.stages
+    train_prompts = read_prompts(data, str(RECIPE.parent))
+    prompts, seeds = heldout_set(args.prompts, 4)
+    steps, scale = recipe["steps"], recipe["rollout_scale"]
+    counted = CountedPolicy(steps)
+    results: list[dict] = []
 
-    def timed(fn):
-        start = time.perf_counter()
-        result = fn()
-        return result, time.perf_counter() - start
+    def record(name: str, evaluation, base=None, **extra) -> None:
+        low, high = evaluation.interval()
+        row = {"method": name, "compliance": evaluation.rate, "ci": [low, high], "n": evaluation.compliant.numel(),
+               "per_family": per_family(evaluation, prompts), **extra}  # fmt: skip
+        if base is not None:
+            row["gained"], row["lost"], row["mcnemar_p"] = mcnemar_exact(base.compliant, evaluation.compliant)
+        results.append(row)
+        with open(os.path.join(args.out, "results.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        print(format_row(row, results[0]["compliance"]), flush=True)
 
-    policy = build_policy("toy", STEPS)
-    for k in range(args.max_rounds + 1):
-        evaluation, seconds = timed(lambda: evaluate(policy, heldout, seeds, rounds=k, branches=1 if k == 0 else 2, scale=SCALE, strength=0.6))
-        lines.append(row("base" if k == 0 else f"reflect K={k}", evaluation, seconds))
-        print(lines[-1], flush=True)
+    def judge(**kwargs):
+        counted.take()
+        evaluation = evaluate(counted.policy, prompts, seeds, scale=scale, **kwargs)
+        return evaluation, counted.take()["sampling"] // (2 * evaluation.compliant.numel())
 
-    srrl = SRRLTrainer(policy, ToyPhysicsReward(), train_prompts, srrl_config(args.stages, os.path.join(args.out, "srrl")))
-    summary, train_seconds = timed(srrl.train)
-    images = sum(h["model_calls"] for h in srrl.history)  # not images: calls; images are counted below
-    sampled = sum(8 * 4 + 8 * h["reflection_rounds"] for h in srrl.history)  # rollout siblings + reflective passes
-    for name, rounds in (("SRRL", 0), ("SRRL + reflect K=2", 2)):
-        evaluation, seconds = timed(lambda: evaluate(policy, heldout, seeds, rounds=rounds, branches=1 if rounds == 0 else 2, scale=SCALE, strength=0.6))
-        lines.append(row(name, evaluation, seconds + train_seconds, summary["model_calls"]))
-        print(lines[-1], flush=True)
+    print(f"held-out: {len(prompts)} prompts x {len(seeds)} seeds = {len(prompts) * len(seeds)} pairs; "
+          f"recipe {RECIPE.name}, {recipe['stages']} stages; training seeds {args.seeds}", flush=True)
+    print(HEADER, flush=True)
+    base, calls = judge()
+    record("base", base, calls_per_sample=calls)
+    if "reflect" in args.methods or "best_of_n" in args.methods:
+        for k in range(1, 4):
+            if "reflect" in args.methods:
+                evaluation, calls = judge(rounds=k, strength=args.strength)
+                record(f"reflect K={k}", evaluation, base, calls_per_sample=calls)
+            if "best_of_n" in args.methods:
+                n = round((steps + 2 * k * round(args.strength * steps)) / steps)
+                evaluation, calls = judge(branches=n)
+                record(f"best-of-{n}", evaluation, base, calls_per_sample=calls)
 
-    ddpo_policy = build_policy("toy", STEPS)
-    ddpo = SRRLTrainer(ddpo_policy, ToyPhysicsReward(), train_prompts,
-                       ddpo_config(args.stages, max(1, sampled // args.stages), os.path.join(args.out, "ddpo")))  # fmt: skip
-    ddpo_summary, ddpo_seconds = timed(ddpo.train)
-    evaluation, seconds = timed(lambda: evaluate(ddpo_policy, heldout, seeds, scale=SCALE))
-    lines.append(row(f"DDPO ({sampled} sampled images, as SRRL)", evaluation, seconds + ddpo_seconds, ddpo_summary["model_calls"]))
-    print("\n".join([f"held-out: {len(heldout)} prompts x {len(seeds)} seeds; {args.stages} training stages; "
-                     f"SRRL sampled {sampled} images in training ({images} model calls)"] + lines))  # fmt: skip
+    def train(name: str, config: TrainConfig, reflect_after: bool = False) -> None:
+        policy = CountedPolicy(steps)
+        started = time.perf_counter()
+        trainer = SRRLTrainer(policy.policy, ToyPhysicsReward(), train_prompts, config)
+        summary = trainer.train()
+        cost = policy.take()
+        images = sum(sampled_images(config, n) for n in range(config.stages))
+        extra = dict(train_images=images, train_sampling_rows=cost["sampling"], train_update_rows=cost["update"],
+                     train_seconds=round(time.perf_counter() - started), noop_stages=summary["noop_stages"])  # fmt: skip
+        evaluation = evaluate(policy.policy, prompts, seeds, scale=scale)
+        record(name, evaluation, base, calls_per_sample=steps, **extra)
+        if reflect_after:
+            evaluation = evaluate(policy.policy, prompts, seeds, scale=scale, rounds=1, strength=args.strength)
+            record(f"{name} + reflect K=1", evaluation, base, calls_per_sample=steps + 2 * round(args.strength * steps), **extra)
+
+    for seed in args.seeds:
+        srrl = TrainConfig.from_dict({**recipe, "seed": recipe.get("seed", 300) + seed,
+                                      "output_dir": os.path.join(args.out, f"srrl-{seed}")})  # fmt: skip
+        if "srrl" in args.methods:
+            train(f"SRRL seed {seed}", srrl, reflect_after=True)
+        if "ddpo" in args.methods:
+            train(f"DDPO seed {seed}", ddpo_config(srrl, os.path.join(args.out, f"ddpo-{seed}")))
+        if "control" in args.methods and seed == args.seeds[0]:
+            control = TrainConfig.from_dict({**srrl.to_dict(), "learning_rate": 0.0, "output_dir": os.path.join(args.out, "control")})
+            train(f"SRRL lr=0 seed {seed}", control)
+    print("\n" + HEADER + "\n" + "\n".join(format_row(r, results[0]["compliance"]) for r in results))
+
+
+HEADER = ("| method | compliance | 95% CI | gained / lost | McNemar p | calls / sample | training images | "
+          "gain per 1000 training images | balance / shadow / water |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def format_row(row: dict, base_rate: float) -> str:
+    low, high = row["ci"]
+    paired = f"{row['gained']} / {row['lost']}" if "gained" in row else ""
+    p = f"{row['mcnemar_p']:.2g}" if "mcnemar_p" in row else ""
+    images = row.get("train_images", 0)
+    per_1000 = f"{1000 * (row['compliance'] - base_rate) / images:+.4f}" if images else ""
+    families = " / ".join(f"{v:.2f}" for v in row["per_family"].values())
+    return (f"| {row['method']} | {row['compliance']:.3f} | [{low:.3f}, {high:.3f}] | {paired} | {p} | "
+            f"{row['calls_per_sample']} | {images or ''} | {per_1000} | {families} |")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,11 @@ class LoRATrainer:
         trained = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)[0]
         curves = torch.from_numpy(render_curves(history))[None]
         summary = f"SRRL LoRA '{lora_name}': {len(history)} stage(s) run, saved to {lora_path}"
+        noop = sum(1 for h in history if h.get("noop"))
+        if noop:
+            summary += (f"\n{noop} of {len(history)} stage(s) changed nothing (no sibling kept, nothing stochastic, zero "
+                        "gradient or learning rate 0)" + ("; the LoRA never moved: check that the reward varies between "
+                                                          "samples" if noop == len(history) else ""))
         return {"ui": {"text": [summary]}, "result": (trained, f"{lora_name}.safetensors", curves)}
 
 

@@ -1,12 +1,16 @@
 """The main job on the built-in default (no downloads): SRRL on the toy physics world.
 
-    python -m srrl_core.demo --out output/demo
+    python -m srrl_core.demo --out output/demo [--seed N]
 
-1. Reflective sampling with the pixel-verifier reward on held-out prompts: each round's candidates, and how
-   compliance grows with the number of reflective rounds K.
-2. A short SRRL training run (LoRA on the built-in toy model).
-3. Compliance on held-out prompts and seeds before and after training, plain sampling (no reflection).
-Writes report.html (images, curves, tables) and summary.json into --out and prints where they are.
+1. Reflective sampling with the pixel-verifier reward on a few held-out prompts: each round's candidates.
+2. SRRL training with the recipe of ``configs/toyworld.toml`` (LoRA on the built-in toy model), with the graded
+   reward of a fixed probe set (plain sampling, same prompts and noise every stage) after every stage.
+3. Compliance on the fixed held-out set -- 96 held-out prompts x 4 noise seeds = 384 pairs, plain sampling --
+   before and after training, with Wilson intervals and the exact McNemar test on the paired verdicts.
+
+``--seed`` changes every random choice of the run: the training draws (prompts, noise, shuffling, LoRA init) and
+the held-out and probe noise. ``--learning-rate 0`` is the control: the same run with updates of size zero.
+Writes report.html and summary.json into --out and prints where they are.
 """
 
 from __future__ import annotations
@@ -18,56 +22,91 @@ import io
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 from PIL import Image
 
-from .toyworld import sample_prompts
-from .toyworld.experiment import evaluate
+from .toyworld.experiment import distinct_prompts, evaluate, heldout_set, mcnemar_exact, per_family
 from .toyworld.verifiers import ToyPhysicsReward
+from .train import load_config_file, read_prompts
 from .training import SRRLTrainer, TrainConfig, build_policy
 from .training.curves import render_curves
 
-STEPS = 10  # DDIM steps of every pass: enough for the 32 px toy model, and keeps the job to minutes on 2 cores
-SCALE = 4.0
+RECIPE = Path(__file__).resolve().parent.parent / "configs" / "toyworld.toml"
+CURVES = (("probe_reward", "probe-set reward (plain sampling)"), ("reward_mean", "training reward (stage mean)"),
+          ("clip_fraction_mean", "clip fraction"), ("approx_kl_mean", "approx KL"))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="output/demo", help="folder for report.html and summary.json")
-    parser.add_argument("--stages", type=int, default=12, help="SRRL training stages")
-    parser.add_argument("--eval-prompts", type=int, default=8, help="held-out prompts for compliance")
-    parser.add_argument("--eval-seeds", type=int, default=3, help="seeds per held-out prompt")
-    parser.add_argument("--max-rounds", type=int, default=3, help="largest K shown in the reflection part")
+    parser.add_argument("--seed", type=int, default=0, help="changes every random choice of the run (>= 0)")
+    parser.add_argument("--config", default=str(RECIPE), help="the training recipe (TOML or YAML)")
+    parser.add_argument("--stages", type=int, help="override the recipe's training stages")
+    parser.add_argument("--learning-rate", type=float, help="override the recipe's learning rate (0: the control)")
+    parser.add_argument("--eval-prompts", type=int, default=96, help="held-out prompts (x 4 seeds)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
-    torch.manual_seed(0)
     started = time.perf_counter()
 
-    policy = build_policy("toy", STEPS)
-    heldout = sample_prompts("heldout", args.eval_prompts, seed=1)
-    seeds = list(range(1000, 1000 + args.eval_seeds))
+    data = load_config_file(args.config)
+    training = {**data["training"], "seed": data["training"].get("seed", 300) + args.seed, "resume": False,
+                "output_dir": os.path.join(args.out, "run"), "tensorboard": False}  # fmt: skip
+    if args.stages is not None:
+        training["stages"] = args.stages
+    if args.learning_rate is not None:
+        training["learning_rate"] = args.learning_rate
+    config = TrainConfig.from_dict(training)
+    policy = build_policy("toy", config.steps)
+    scale = config.rollout_scale
+    heldout, seeds = heldout_set(args.eval_prompts, 4, noise_seed=args.seed)
+    probe_prompts, probe_seeds = distinct_prompts("heldout", 12, seed=2), [20_000 + 10 * args.seed, 20_001 + 10 * args.seed]
 
-    print(f"[demo] 1/3 reflective sampling, K = 0..{args.max_rounds}, 2 branches, verifier reward")
-    reflection = {k: evaluate(policy, heldout, seeds, rounds=k, branches=2, scale=SCALE, strength=0.6)
-                  for k in range(args.max_rounds + 1)}  # fmt: skip
-    before = evaluate(policy, heldout, seeds, scale=SCALE)
+    print(f"[demo] 1/3 reflective sampling on {min(6, len(heldout))} held-out prompts, K = 0..2, 2 branches")
+    showcase = heldout[:6]
+    reflection = {k: evaluate(policy, showcase, seeds[:1], rounds=k, branches=2, scale=scale,
+                              strength=config.reflection_strength) for k in range(3)}  # fmt: skip
 
-    print(f"[demo] 2/3 SRRL training, {args.stages} stages")
-    config = TrainConfig(
-        steps=STEPS, stages=args.stages, prompts_per_stage=6, split_time=3, split_step_stride=2, rounds_every=2,
-        max_rounds=1, rollout_scale=SCALE, learning_rate=3e-4, trajectories_per_update=12, micro_batch_size=16,
-        output_dir=os.path.join(args.out, "run"), lora_name="toyworld_srrl", tensorboard=False, resume=False,
-    )  # fmt: skip
-    trainer = SRRLTrainer(policy, ToyPhysicsReward(), sample_prompts("train", 64, seed=0), config)
+    print(f"[demo] 2/3 compliance before training: {len(heldout)} held-out prompts x {len(seeds)} seeds, plain sampling")
+    before = evaluate(policy, heldout, seeds, scale=scale)
+    print(f"[demo]     {before.rate:.3f}")
+
+    print(f"[demo] 3/3 SRRL training, {config.stages} stages (recipe {args.config})")
+    probes: list[dict] = [{"stage": -1, "probe_reward": float(evaluate(policy, probe_prompts, probe_seeds, scale=scale).scores.mean())}]
+
+    def probe(event: str, info: dict) -> None:
+        if event == "stage_end":
+            reward = float(evaluate(policy, probe_prompts, probe_seeds, scale=scale).scores.mean())
+            probes.append({"stage": info["stage"], "probe_reward": reward})
+            print(f"[demo]     stage {info['stage']}: probe reward {reward:.3f}, kept {info['metrics']['kept_trajectories']}", flush=True)
+
+    trainer = SRRLTrainer(policy, ToyPhysicsReward(), read_prompts(data, os.path.dirname(os.path.abspath(args.config))),
+                          config, callbacks=[probe])  # fmt: skip
     summary = trainer.train()
-
-    print("[demo] 3/3 compliance after training")
-    after = evaluate(policy, heldout, seeds, scale=SCALE)
+    after = evaluate(policy, heldout, seeds, scale=scale)
+    gained, lost, p_value = mcnemar_exact(before.compliant, after.compliant)
     seconds = time.perf_counter() - started
-    report = write_report(args.out, heldout, reflection, before, after, trainer.history, summary, seconds)
-    print(f"[demo] compliance before {before.rate:.3f} -> after {after.rate:.3f}; "
-          f"with K={args.max_rounds} reflective rounds {reflection[args.max_rounds].rate:.3f}")  # fmt: skip
+    result = {
+        "seed": args.seed, "compliance_before": before.rate, "compliance_after": after.rate,
+        "compliance_before_ci": before.interval(), "compliance_after_ci": after.interval(),
+        "n_pairs": before.compliant.numel(), "gained": gained, "lost": lost, "mcnemar_p": p_value,
+        "per_family_before": per_family(before, heldout), "per_family_after": per_family(after, heldout),
+        "learning_rate": config.learning_rate, "stages": config.stages,
+        "training_sampled_images": sum(config.prompts_per_stage * config.groups_per_prompt * config.split_time
+                                       for _ in trainer.history),
+        "training_model_calls": summary["model_calls"], "noop_stages": summary["noop_stages"],
+        "probe_curve": probes, "reflection": {k: {"compliance": e.rate, "model_calls": e.model_calls} for k, e in reflection.items()},
+        "history": trainer.history, "seconds": seconds, "recipe": config.to_dict(),
+    }  # fmt: skip
+    report = write_report(args.out, result, reflection, before, after, probes, trainer.history, showcase)
+    print(f"[demo] held-out compliance {before.rate:.3f} -> {after.rate:.3f} on {result['n_pairs']} pairs "
+          f"({gained} gained, {lost} lost, McNemar p = {p_value:.2g}); {seconds / 60:.1f} min")  # fmt: skip
     print(f"[demo] report: {os.path.abspath(report)}")
     return 0
 
@@ -86,48 +125,42 @@ def png_data_url(images: torch.Tensor, columns: int, scale: int = 3) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def write_report(out, prompts, reflection, before, after, history, summary, seconds) -> str:
-    seeds = before.compliant.numel() // len(prompts)
-    last = max(reflection)
-    rows = "".join(
-        f"<tr><td>K = {k}</td><td>{e.rate:.3f}</td><td>[{e.interval()[0]:.2f}, {e.interval()[1]:.2f}]</td><td>{e.model_calls}</td></tr>"
-        for k, e in reflection.items()
-    )
-    # One row per held-out prompt (first seed): every pass's 2 candidates, then the chosen image.
-    chain = reflection[last]
-    first_batch = chain.round_images[0]
-    passes = first_batch.shape[0] // (min(32, len(prompts) * seeds) * 2)
-    strips = []
-    for p, prompt in enumerate(prompts[:6]):
-        index = p * seeds
-        if index >= min(32, len(prompts) * seeds):
-            break
-        tiles = [first_batch[k * first_batch.shape[0] // passes + index * 2 + g] for k in range(passes) for g in range(2)]
-        strips.append(f"<p>{html.escape(prompt)}</p><img src='{png_data_url(torch.stack(tiles + [chain.images[index]]), len(tiles) + 1)}'>")
-    curves = render_curves(history)
-    data = {
-        "compliance_before": before.rate, "compliance_after": after.rate,
-        "compliance_before_ci": before.interval(), "compliance_after_ci": after.interval(),
-        "reflection": {k: {"compliance": e.rate, "ci": e.interval(), "model_calls": e.model_calls} for k, e in reflection.items()},
-        "training": {k: v for k, v in summary.items() if isinstance(v, (int, float, str, type(None)))},
-        "history": history, "seconds": seconds, "heldout_prompts": list(prompts), "seeds_per_prompt": seeds,
-    }  # fmt: skip
+def write_report(out, result, reflection, before, after, probes, history, showcase) -> str:
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
+        json.dump(result, handle, indent=2)
+    rows = "".join(f"<tr><td>K = {k}</td><td>{e.rate:.3f}</td><td>{e.model_calls}</td></tr>" for k, e in reflection.items())
+    # One row per showcase prompt: every pass's 2 candidates, then the chosen image.
+    chain = reflection[max(reflection)]
+    candidates = chain.round_images[0]
+    passes = candidates.shape[0] // (len(showcase) * 2)
+    strips = []
+    for p, prompt in enumerate(showcase):
+        tiles = [candidates[k * len(showcase) * 2 + p * 2 + g] for k in range(passes) for g in range(2)]
+        strips.append(f"<p>{html.escape(prompt)}</p><img src='{png_data_url(torch.stack(tiles + [chain.images[p]]), len(tiles) + 1)}'>")
+    merged = [{**h, **next((q for q in probes if q["stage"] == h["stage"]), {})} for h in history]
+    curves = render_curves(probes[:1] + merged, CURVES)
+    families = "".join(f"<tr><td>{f}</td><td>{result['per_family_before'][f]:.3f}</td><td>{result['per_family_after'][f]:.3f}</td></tr>"
+                       for f in result["per_family_before"])  # fmt: skip
+    b_low, b_high = result["compliance_before_ci"]
+    a_low, a_high = result["compliance_after_ci"]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>SRRL on the toy physics world</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:4px 12px;border-bottom:1px solid #ddd}}img{{image-rendering:pixelated}}</style></head><body>
 <h1>SRRL on the toy physics world</h1>
-<p>Built-in tiny text-to-image model, pixel verifiers as reward; {len(prompts)} held-out prompts x {seeds} seeds; {seconds:.0f} s in all.</p>
-<h2>1. Reflective sampling</h2>
-<table><tr><th>rounds</th><th>compliance</th><th>95% CI</th><th>model calls</th></tr>{rows}</table>
-<p>Chain of thought with K = {last} (each pass: 2 candidates; last tile: the chosen image):</p>{''.join(strips)}
+<p>Built-in tiny text-to-image model, pixel verifiers as reward; seed {result['seed']}; {result['seconds']:.0f} s in all.</p>
+<h2>1. Reflective sampling (K rounds, 2 branches, best candidate)</h2>
+<table><tr><th>rounds</th><th>compliance ({len(showcase)} prompts)</th><th>model calls</th></tr>{rows}</table>
+<p>Chain of thought with K = {max(reflection)} (each pass: 2 candidates; last tile: the chosen image):</p>{''.join(strips)}
 <h2>2. SRRL training</h2>
-<p>{summary['stages_run']} stages, {summary['optimizer_steps']} updates, {summary['kept_trajectories']} kept trajectories, {summary['model_calls']} model calls, {summary['seconds']:.0f} s.</p>
+<p>{result['stages']} stages at learning rate {result['learning_rate']:g}, {result['training_sampled_images']} sampled images,
+{result['training_model_calls']} model calls; stages whose update changed nothing: {result['noop_stages']}.
+The probe set is 12 held-out prompts x 2 seeds, sampled plainly after every stage (stage -1: before training).</p>
 <img src="{png_data_url(torch.from_numpy(curves)[None], 1, 1)}">
-<h2>3. Compliance, plain sampling</h2>
-<table><tr><th></th><th>compliance</th><th>95% CI</th></tr>
-<tr><td>base model</td><td>{before.rate:.3f}</td><td>[{before.interval()[0]:.2f}, {before.interval()[1]:.2f}]</td></tr>
-<tr><td>after SRRL</td><td>{after.rate:.3f}</td><td>[{after.interval()[0]:.2f}, {after.interval()[1]:.2f}]</td></tr></table>
+<h2>3. Held-out compliance, plain sampling, {result['n_pairs']} paired samples</h2>
+<table><tr><th></th><th>compliance</th><th>95% Wilson CI</th></tr>
+<tr><td>base model</td><td>{result['compliance_before']:.3f}</td><td>[{b_low:.3f}, {b_high:.3f}]</td></tr>
+<tr><td>after SRRL</td><td>{result['compliance_after']:.3f}</td><td>[{a_low:.3f}, {a_high:.3f}]</td></tr></table>
+<p>Paired: {result['gained']} samples gained, {result['lost']} lost; exact McNemar p = {result['mcnemar_p']:.3g}.</p>
+<table><tr><th>family</th><th>before</th><th>after</th></tr>{families}</table>
 <p>Before / after on the same prompts and seeds:</p>
 <img src="{png_data_url(before.images[:24], 12)}"><br><img src="{png_data_url(after.images[:24], 12)}">
 </body></html>"""

@@ -112,12 +112,16 @@ def main(argv=None) -> dict:
     return summary
 
 
+NOOP_HINT = " -- the LoRA never moved: check that the reward varies between samples, the thresholds, learning_rate"
+
+
 def format_summary(summary: dict) -> str:
     rows = [
         ("stages run", f"{summary['stages_run']} (now at {summary['stage']} / {summary['stages']})"),
         ("resumed from", summary["resumed_from"] or "-"),
         ("optimiser steps", summary["optimizer_steps"]),
         ("kept trajectories", f"{summary['kept_trajectories']} ({summary['skipped_updates']} stages kept none)"),
+        ("stages that changed nothing", f"{summary['noop_stages']}" + (NOOP_HINT if summary["noop_stages"] == summary["stages_run"] > 0 else "")),
         ("reward mean, first -> last stage", _pair(summary["reward_mean_first"], summary["reward_mean_last"])),
         ("model calls", summary["model_calls"]),
         ("time", f"{summary['seconds']:.1f} s"),

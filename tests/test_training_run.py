@@ -178,7 +178,7 @@ def test_cli_trains_the_tiny_model_from_toml_and_yaml(tmp_path):
     run = subprocess.run([sys.executable, "-m", "srrl_core.train", "--config", str(toml), "--output-dir", str(tmp_path / "out"), "--cpu"],
                          cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "SRRL training summary" in run.stdout and "stages run" in run.stdout
+    assert "SRRL training summary" in run.stdout and "stages run" in run.stdout and "stages that changed nothing" in run.stdout
     assert os.path.isfile(tmp_path / "out" / "srrl_lora.safetensors") and os.path.isfile(tmp_path / "out" / "srrl_lora_ldm.safetensors")
     assert os.listdir(tmp_path / "out" / "tensorboard")
     yaml = tmp_path / "bad.yaml"

@@ -41,20 +41,6 @@ class BranchNoise:
         rows = [torch.randn(x.shape[1:], generator=g, dtype=torch.float32) for g in self.generators]
         return torch.stack(rows).to(device=x.device, dtype=x.dtype)
 
-    def select(self, rows: Sequence[int]) -> "BranchNoise":
-        """A view onto some rows' generators (their streams continue where they are)."""
-        view = object.__new__(BranchNoise)
-        view.seeds = [self.seeds[r] for r in rows]
-        view.generators = [self.generators[r] for r in rows]
-        return view
-
-    def get_state(self) -> list[torch.Tensor]:
-        return [g.get_state() for g in self.generators]
-
-    def set_state(self, states: Sequence[torch.Tensor]) -> None:
-        for generator, state in zip(self.generators, states, strict=True):
-            generator.set_state(state)
-
 
 def derived_seeds(seed: int, count: int, stream: int = 0) -> list[int]:
     """``count`` well-separated 63-bit seeds from one user seed (numpy's SeedSequence), for a separate ``stream``

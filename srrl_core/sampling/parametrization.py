@@ -41,12 +41,8 @@ class Parametrization:
         """The predicted clean sample x0 from the raw network output."""
         raise NotImplementedError
 
-    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """The forward process: the state at ``sigma`` for clean ``x0`` and unit Gaussian ``noise``."""
-        return self.alpha(sigma) * x0 + self.std(sigma) * noise
-
     def noise_from(self, x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """The noise implied by state ``x`` and clean estimate ``x0`` (inverse of :meth:`add_noise`)."""
+        """The noise implied by state ``x`` and clean estimate ``x0`` (x = alpha x0 + std noise, solved for noise)."""
         return (x - self.alpha(sigma) * x0) / self.std(sigma)
 
     def __repr__(self) -> str:

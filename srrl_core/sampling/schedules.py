@@ -46,22 +46,6 @@ class VPSchedule:
     def sigmas(self) -> torch.Tensor:
         return ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
 
-    @property
-    def sigma_min(self) -> float:
-        return float(self.sigmas[0])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
-
-    def sigma_at(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """Sigma at (possibly fractional) timesteps."""
-        t = torch.as_tensor(timesteps, dtype=torch.float64).clamp(0, self.num_train_timesteps - 1)
-        low = t.floor().long()
-        high = (low + 1).clamp(max=self.num_train_timesteps - 1)
-        log_sigmas = self.sigmas.log()
-        w = t - low
-        return ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp()
 
     def log_sigmas_on(self, device: torch.device) -> torch.Tensor:
         """log sigma per timestep, cached per device (no host-device copy per model call)."""
@@ -71,7 +55,7 @@ class VPSchedule:
         return self._log_sigmas[key]
 
     def timestep_at(self, sigma: torch.Tensor) -> torch.Tensor:
-        """The continuous timestep whose sigma is ``sigma`` (inverse of :meth:`sigma_at`), on sigma's device."""
+        """The continuous timestep whose sigma is ``sigma`` (log-sigma interpolation between the trained timesteps), on sigma's device."""
         sigma = torch.as_tensor(sigma)
         log_sigma = sigma.to(torch.float64).clamp(min=1e-10).log()
         log_sigmas = self.log_sigmas_on(sigma.device)

@@ -1,4 +1,5 @@
-"""Measuring physical compliance of a policy on the toy world: with or without reflection, with intervals.
+"""Measuring physical compliance of a policy on the toy world: a fixed held-out set, Wilson intervals, and the
+exact McNemar test for paired before/after verdicts.
 
 Shared by the main job (``python -m srrl_core.demo``) and the benchmark (``bench/bench_toyworld.py``).
 """
@@ -12,12 +13,14 @@ from typing import Sequence
 import torch
 
 from ..sampling import BranchNoise, derived_seeds, prior_latent, reflective_sample
+from .scenes import FAMILIES, prompt_family, sample_prompts
 from .verifiers import ToyPhysicsReward, compliance
 
 
 @dataclass
 class Evaluation:
     compliant: torch.Tensor  # [N] bool, one per (prompt, seed), prompt-major
+    scores: torch.Tensor  # [N] the graded verifier reward of the chosen results
     images: torch.Tensor  # [N, H, W, 3] the chosen results
     round_images: list[torch.Tensor]  # per batch: every pass's candidates [passes * P * G, H, W, 3]
     model_calls: int
@@ -38,6 +41,41 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def distinct_prompts(split: str, n: int, seed: int) -> list[str]:
+    """``n`` distinct prompts of ``split``, the families in turn (balance, shadow, water, ...)."""
+    pool = list(dict.fromkeys(sample_prompts(split, 40 * n, seed=seed)))
+    by_family = {family: [p for p in pool if prompt_family(p) == family] for family in FAMILIES}
+    out = [by_family[FAMILIES[i % len(FAMILIES)]][i // len(FAMILIES)] for i in range(n)]
+    return out
+
+
+def heldout_set(prompts: int = 96, seeds: int = 4, noise_seed: int = 0) -> tuple[list[str], list[int]]:
+    """The held-out evaluation set: ``prompts`` distinct held-out prompts (always the same) x ``seeds`` noise
+    seeds (a block chosen by ``noise_seed``, far from the seeds training draws)."""
+    first = 10_000 + 1000 * noise_seed
+    return distinct_prompts("heldout", prompts, seed=1), list(range(first, first + seeds))
+
+
+def mcnemar_exact(before: torch.Tensor, after: torch.Tensor) -> tuple[int, int, float]:
+    """(gained, lost, two-sided p) of the exact McNemar test on paired binary verdicts: under H0 each
+    discordant pair is a gain or a loss with probability 1/2, so p = P(Binomial(g + l, 1/2) as extreme)."""
+    before, after = before.bool().flatten(), after.bool().flatten()
+    if before.shape != after.shape:
+        raise ValueError(f"before and after must pair up, got {tuple(before.shape)} and {tuple(after.shape)}")
+    gained, lost = int((~before & after).sum()), int((before & ~after).sum())
+    n, k = gained + lost, min(gained, lost)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n if n else 1.0
+    return gained, lost, min(1.0, 2 * tail)
+
+
+def per_family(evaluation: "Evaluation", prompts: Sequence[str]) -> dict[str, float]:
+    """Compliance per family of a prompt-major evaluation of ``prompts``."""
+    per_prompt = evaluation.compliant.numel() // len(prompts)
+    families = [prompt_family(p) for p in prompts for _ in range(per_prompt)]
+    return {f: float(evaluation.compliant[[i for i, g in enumerate(families) if g == f]].float().mean())
+            for f in FAMILIES if f in families}
 
 
 @torch.no_grad()
@@ -76,4 +114,5 @@ def evaluate(
         candidates.append(policy.decode(result.all_latents).float().cpu())
         calls += result.model_calls
     images = torch.cat(chosen)
-    return Evaluation(compliance(images, [p for p, _ in pairs]).bool(), images, candidates, calls)
+    pair_prompts = [p for p, _ in pairs]
+    return Evaluation(compliance(images, pair_prompts).bool(), reward(images, pair_prompts).float(), images, candidates, calls)

@@ -1,0 +1,46 @@
+"""The main job end to end at a tiny size: summary.json holds the paired result, --seed changes the run, lr 0
+changes nothing."""
+
+import json
+import math
+
+import torch
+
+from srrl_core import demo
+from srrl_core.toyworld.experiment import heldout_set, mcnemar_exact
+
+
+def run(tmp_path, name, *args):
+    out = tmp_path / name
+    assert demo.main(["--out", str(out), "--stages", "1", "--eval-prompts", "3", "--threads", "1", *args]) == 0
+    return json.loads((out / "summary.json").read_text()), (out / "report.html").read_text()
+
+
+def test_demo_reports_paired_heldout_compliance_and_the_lr_0_control_changes_nothing(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        summary, report = run(tmp_path, "lr0", "--learning-rate", "0")
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("seed", "compliance_before", "compliance_after", "n_pairs", "mcnemar_p", "gained", "lost", "probe_curve"):
+        assert key in summary, key
+    assert summary["n_pairs"] == 3 * 4 and summary["seed"] == 0
+    assert summary["compliance_after"] == summary["compliance_before"] and summary["gained"] == summary["lost"] == 0
+    assert summary["mcnemar_p"] == 1.0 and summary["noop_stages"] == 1
+    assert [p["stage"] for p in summary["probe_curve"]] == [-1, 0]
+    assert "McNemar" in report and "12 paired samples" in report
+
+
+def test_the_seed_moves_the_heldout_noise_but_not_the_prompts():
+    prompts0, seeds0 = heldout_set(96, 4, noise_seed=0)
+    prompts1, seeds1 = heldout_set(96, 4, noise_seed=1)
+    assert prompts0 == prompts1 and len(set(prompts0)) == 96
+    assert not set(seeds0) & set(seeds1)
+
+
+def test_mcnemar_exact_matches_the_binomial_tail():
+    before = torch.tensor([0] * 30 + [1] * 10, dtype=torch.bool)
+    after = torch.tensor([1] * 10 + [0] * 20 + [0] * 2 + [1] * 8, dtype=torch.bool)
+    gained, lost, p = mcnemar_exact(before, after)
+    assert (gained, lost) == (10, 2)
+    assert abs(p - 2 * sum(math.comb(12, i) for i in range(3)) / 2**12) < 1e-12  # 0.0386
