@@ -62,7 +62,8 @@ def test_training_raises_a_programmatic_reward_on_held_out_seeds_and_lr_0_does_n
 
 def test_the_clip_binds_at_a_large_learning_rate_and_target_kl_stops_the_update(tmp_path):
     def clip_fraction(**changes):
-        config = small_config(tmp_path / str(len(changes)), stages=3, clip_range=1e-4, **changes)
+        name = "-".join(f"{k}={v}" for k, v in changes.items())  # one run folder each: no resume across runs
+        config = small_config(tmp_path / name, stages=3, clip_range=1e-4, **changes)
         trainer = SRRLTrainer(build_policy("tiny", config.steps), brightness, PROMPTS, config)
         trainer.train()
         return [h for h in trainer.history if "clip_fraction_mean" in h]
@@ -70,8 +71,9 @@ def test_the_clip_binds_at_a_large_learning_rate_and_target_kl_stops_the_update(
     small = clip_fraction(learning_rate=1e-6)
     large = clip_fraction(learning_rate=1e-1)
     assert max(h["clip_fraction_mean"] for h in small) < 0.05  # inside the trust region: the ratio stays ~1
-    assert max(h["clip_fraction_mean"] for h in large) > 0.3  # after the first step most ratios leave it
+    assert min(h["clip_fraction_mean"] for h in large) > 0.3  # after the first step most ratios leave it
     stopped = clip_fraction(learning_rate=1e-1, target_kl=1e-12)
+    # The first step sees the rollout policy itself (approx_kl exactly 0) and steps; the second sees its change.
     assert all(h["early_stopped"] == 1 and h["optimizer_steps"] == 1 for h in stopped)
     assert all(h["optimizer_steps"] > 1 for h in large)
 

@@ -13,7 +13,7 @@ One stage n (see :mod:`.rollout`, :mod:`.selection`, :mod:`.ppo`):
    recompute the CFG-guided prediction with LoRA, :math:`\log p_\theta` by :func:`srrl_core.sampling.ddim_log_prob`,
    the clipped surrogate (plus the optional KL penalty), and take an AdamW step every
    ``trajectories_per_update`` kept trajectories' worth of transitions, clipping the gradient norm; with
-   ``target_kl`` the update stops early once an optimiser step's mean approx_kl passes it.
+   ``target_kl`` the update stops, before stepping, once a step's transitions show a mean approx_kl above it.
 
 A stage that keeps nothing logs a warning saying why and skips its update; stages whose update changed nothing
 (no kept transition, zero gradient, zero LoRA change) are counted as ``noop_stages`` in the summary, and a run
@@ -365,18 +365,19 @@ class SRRLTrainer:
                     step_kl += stats["approx_kl"]
                     for key, value in stats.items():
                         sums[key] += value
-                grad_norms.append(self._optimizer_step(stage, epoch, step, loss_sum))
                 seen += int(step_sizes[step])
                 if config.target_kl > 0:
                     mean_kl = float(dist.all_reduce_sum_(torch.tensor([step_kl], dtype=torch.float64))[0]) / float(step_sizes[step])
-                    if mean_kl > config.target_kl:
-                        stopped = True  # the policy left the trust region: no more steps on this stage's samples
+                    if mean_kl > config.target_kl:  # the policy already left the trust region: no step from here
+                        self.optimizer.zero_grad(set_to_none=True)
+                        stopped = True
                         break
+                grad_norms.append(self._optimizer_step(stage, epoch, step, loss_sum))
         count = seen
         out = {f"{k}_mean": float(dist.all_reduce_sum_(torch.tensor([v], dtype=torch.float64))[0]) / count for k, v in sums.items()}
         if config.kl_coef == 0:
             del out["kl_mean"]
-        out["grad_norm_mean"] = float(np.mean(grad_norms))
+        out["grad_norm_mean"] = float(np.mean(grad_norms)) if grad_norms else 0.0
         out["optimizer_steps"] = len(grad_norms)
         out["early_stopped"] = int(stopped)
         return out
