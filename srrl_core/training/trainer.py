@@ -271,8 +271,8 @@ class SRRLTrainer:
         for k, scores in enumerate(rollout.round_scores):
             metrics[f"round_reward_mean/{k}"] = float(dist.gather(scores.float()).mean())
         if kept == 0:
-            logger.warning("stage %d kept no trajectory: no group's best or worst sibling passed the thresholds "
-                           "(%+g / %+g) with a reward gap >= %g; skipping its update", stage, config.positive_threshold,
+            logger.warning("stage %d kept no trajectory: no group passed selection (%s, thresholds %+g / %+g, reward gap "
+                           ">= %g); skipping its update", stage, config.sibling_selection, config.positive_threshold,
                            config.negative_threshold, config.min_reward_gap)  # fmt: skip
         elif transitions == 0:
             logger.warning("stage %d kept %d trajectories but none of their transitions is stochastic (split step %d); "
