@@ -441,3 +441,40 @@ def load_inprocess(host: Path, checkpoint: Path) -> InProcessHost:
     inproc = InProcessHost(host_dir=host, checkpoint=checkpoint)
     inproc.model, inproc.clip, inproc.vae = inproc.load_checkpoint()
     return inproc
+
+
+def watch_prompt(server, prompt: dict, timeout: float = 600) -> tuple[list[tuple[str, int, int]], list[bytes]]:
+    """Queue ``prompt`` and follow it over the websocket until it finishes: its progress messages (node, value,
+    max) and every binary frame (previews). Fails the test on an execution error or after ``timeout`` seconds."""
+    import uuid
+
+    import pytest
+    import websocket
+
+    client_id = uuid.uuid4().hex
+    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws?clientId={client_id}", timeout=10)
+    progress, frames = [], []
+    try:
+        prompt_id = headless.queue_prompt(server.base_url, prompt, client_id=client_id)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ws.settimeout(max(1.0, deadline - time.monotonic()))
+            message = ws.recv()
+            if isinstance(message, bytes):
+                frames.append(message)
+                continue
+            event = json.loads(message)
+            data = event.get("data") or {}
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            if event["type"] == "progress":
+                progress.append((data["node"], data["value"], data["max"]))
+            elif event["type"] in ("execution_error", "execution_interrupted"):
+                pytest.fail(f"the prompt failed: {data}")
+            elif event["type"] == "executing" and data.get("node") is None:
+                break
+        else:
+            pytest.fail(f"the prompt did not finish within {timeout:.0f} s")
+    finally:
+        ws.close()
+    return progress, frames

@@ -7,17 +7,15 @@ import json
 import os
 import struct
 import time
-import uuid
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from srrl_core.headless import queue_prompt
 from srrl_core.rewards.base import Reward
 
-from .hostlib import TINY_CKPT_NAME
+from .hostlib import TINY_CKPT_NAME, watch_prompt
 
 
 class Brightness(Reward):
@@ -184,8 +182,7 @@ def test_each_stage_sends_its_best_sample_to_the_canvas(comfy_inprocess):
 
 
 def test_stage_previews_reach_the_websocket(comfy_server):
-    websocket = pytest.importorskip("websocket", reason="websocket-client is not installed")
-    client_id = uuid.uuid4().hex
+    pytest.importorskip("websocket", reason="websocket-client is not installed")
     train = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT_NAME}},
         "2": {"class_type": "SRRLRewardVerifier", "inputs": {"verifier": "brightness_band",
@@ -193,31 +190,7 @@ def test_stage_previews_reach_the_websocket(comfy_server):
         "3": {"class_type": "SRRLLoRATrainer", "inputs": {**TRAIN_ARGS, "seed": int(time.time()) % 100000,
               "lora_name": "srrl_ci_previews", "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "reward": ["2", 0]}},
     }  # fmt: skip
-    ws = websocket.create_connection(f"ws://127.0.0.1:{comfy_server.port}/ws?clientId={client_id}", timeout=10)
-    progress, frames = [], []
-    try:
-        prompt_id = queue_prompt(comfy_server.base_url, train, client_id=client_id)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            ws.settimeout(max(1.0, deadline - time.monotonic()))
-            message = ws.recv()
-            if isinstance(message, bytes):
-                frames.append(message)
-                continue
-            event = json.loads(message)
-            data = event.get("data") or {}
-            if data.get("prompt_id") not in (None, prompt_id):
-                continue
-            if event["type"] == "progress":
-                progress.append((data["node"], data["value"], data["max"]))
-            elif event["type"] in ("execution_error", "execution_interrupted"):
-                pytest.fail(f"the prompt failed: {data}")
-            elif event["type"] == "executing" and data.get("node") is None:
-                break
-        else:
-            pytest.fail("the prompt did not finish within 600 s")
-    finally:
-        ws.close()
+    progress, frames = watch_prompt(comfy_server, train)
     stages = TRAIN_ARGS["stages"]
     assert [p for p in progress if p[0] == "3"] == [("3", n + 1, stages) for n in range(stages)]
     assert len(frames) == stages  # one preview per stage: the trainer's own sampling sends none

@@ -5,20 +5,17 @@ preview frames."""
 from __future__ import annotations
 
 import io
-import json
 import struct
 import time
-import uuid
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from srrl_core.headless import queue_prompt
 from srrl_core.sampling import planned_model_calls
 
-from .hostlib import TINY_CKPT_NAME
+from .hostlib import TINY_CKPT_NAME, watch_prompt
 from .test_nodes_inprocess import sampler_args
 
 STEPS = 3
@@ -98,34 +95,8 @@ def _preview_prompt(seed: int) -> dict:
 
 
 def test_websocket_carries_progress_and_preview_frames(comfy_server):
-    websocket = pytest.importorskip("websocket", reason="websocket-client is not installed")
-    client_id = uuid.uuid4().hex
-    ws = websocket.create_connection(f"ws://127.0.0.1:{comfy_server.port}/ws?clientId={client_id}", timeout=10)
-    progress, frames = [], []
-    try:
-        prompt_id = queue_prompt(comfy_server.base_url, _preview_prompt(seed=int(time.time())),
-                                          client_id=client_id)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            ws.settimeout(max(1.0, deadline - time.monotonic()))
-            message = ws.recv()
-            if isinstance(message, bytes):
-                frames.append(message)
-                continue
-            event = json.loads(message)
-            data = event.get("data") or {}
-            if data.get("prompt_id") not in (None, prompt_id):
-                continue
-            if event["type"] == "progress":
-                progress.append((data["node"], data["value"], data["max"]))
-            elif event["type"] in ("execution_error", "execution_interrupted"):
-                pytest.fail(f"the prompt failed: {data}")
-            elif event["type"] == "executing" and data.get("node") is None:
-                break
-        else:
-            pytest.fail("the prompt did not finish within 600 s")
-    finally:
-        ws.close()
+    pytest.importorskip("websocket", reason="websocket-client is not installed")
+    progress, frames = watch_prompt(comfy_server, _preview_prompt(seed=int(time.time())))
     sampler_calls = planned_model_calls(STEPS, 2, 1.0)
     assert [p for p in progress if p[0] == "5"] == [("5", i + 1, sampler_calls) for i in range(sampler_calls)]
     assert [p for p in progress if p[0] == "6"] == [("6", i + 1, 4) for i in range(4)]
