@@ -84,7 +84,7 @@ def main() -> None:
     def reflective(guided=guided) -> int:
         result = reflective_sample(
             guided, prior_latent(guided, noise, sigmas[0]), sigmas, rounds=args.rounds, branches=args.branches,
-            scale=3.0, eta=0.5, inversion_scale=0.1, strength=args.strength, noise=BranchNoise.for_batch(0, rows),
+            scale=3.0, eta=0.5, inversion_scale=0.1, renoise_strength=args.strength, noise=BranchNoise.for_batch(0, rows),
         )  # fmt: skip
         return result.model_calls
 

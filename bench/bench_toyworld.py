@@ -10,7 +10,7 @@ reflective passes).
 Methods:
   base               plain DDIM
   reflect K          reflective sampling, K = 1..3 rounds, one branch, best round by the verifier reward,
-                     re-noise strength ``--strength``
+                     renoise_strength ``--strength``
   best-of-N          N independent samples, the best by the verifier reward; N = the reflect-K model calls / steps
   SRRL               LoRA trained with configs/toyworld.toml (one run per ``--seeds``), sampled plainly
   SRRL + reflect 1   the same LoRA with one reflective round
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--stages", type=int, help="override the recipe's stages")
     parser.add_argument("--prompts", type=int, default=96, help="held-out prompts (x 4 noise seeds)")
-    parser.add_argument("--strength", type=float, default=0.6, help="re-noise strength of reflection at inference")
+    parser.add_argument("--strength", type=float, default=0.6, help="renoise_strength of reflection at inference")
     parser.add_argument("--methods", nargs="+", default=["base", "reflect", "best_of_n", "srrl", "ddpo", "control"])
     parser.add_argument("--quick", action="store_true", help="seconds-sized smoke run: 6 prompts, 1 seed, 1 stage")
     parser.add_argument("--threads", type=int)
@@ -128,7 +128,7 @@ def main() -> None:
     if "reflect" in args.methods or "best_of_n" in args.methods:
         for k in range(1, 4):
             if "reflect" in args.methods:
-                evaluation, calls = judge(rounds=k, strength=args.strength)
+                evaluation, calls = judge(rounds=k, renoise_strength=args.strength)
                 record(f"reflect K={k}", evaluation, base, calls_per_sample=calls)
             if "best_of_n" in args.methods:
                 n = round((steps + 2 * k * round(args.strength * steps)) / steps)
@@ -147,7 +147,7 @@ def main() -> None:
         evaluation = evaluate(policy.policy, prompts, seeds, scale=scale)
         record(name, evaluation, base, calls_per_sample=steps, **extra)
         if reflect_after:
-            evaluation = evaluate(policy.policy, prompts, seeds, scale=scale, rounds=1, strength=args.strength)
+            evaluation = evaluate(policy.policy, prompts, seeds, scale=scale, rounds=1, renoise_strength=args.strength)
             record(f"{name} + reflect K=1", evaluation, base, calls_per_sample=steps + 2 * round(args.strength * steps), **extra)
 
     for seed in args.seeds:

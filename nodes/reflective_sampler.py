@@ -90,7 +90,7 @@ class ReflectiveSampler:
         def routine(guided, x, schedule):
             holder["result"] = reflective_sample(
                 guided, x, schedule, rounds=rounds, branches=branches, scale=cfg, eta=eta,
-                inversion_scale=inversion_cfg, strength=renoise_strength,
+                inversion_scale=inversion_cfg, renoise_strength=renoise_strength,
                 noise=BranchNoise(derived_seeds(seed, x.shape[0])), score_fn=score_fn, selection=selection,
                 temperature=temperature, stop_at=stop_at if early_stop and score_fn else None,
                 generator=torch.Generator().manual_seed(seed),
@@ -130,11 +130,11 @@ def _repeat_mask(mask, branches):
     return None if mask is None else mask.repeat((branches,) + (1,) * (mask.ndim - 1))
 
 
-def report(result, prompts: int, branches: int, steps: int, strength: float) -> str:
+def report(result, prompts: int, branches: int, steps: int, renoise_strength: float) -> str:
     rounds = len(result.rounds) - 1 if not result.stopped_early else len(result.rounds)
     lines = [
         f"SRRL reflective sampling: {len(result.rounds)} denoising passes ({rounds} reflective rounds), "
-        f"{branches} branch(es) x {prompts} latent(s), {steps} steps, re-noise strength {strength:.2f}, "
+        f"{branches} branch(es) x {prompts} latent(s), {steps} steps, renoise_strength {renoise_strength:.2f}, "
         f"{result.model_calls} model calls" + (", stopped early" if result.stopped_early else "")
     ]
     for k, record in enumerate(result.rounds):

@@ -46,26 +46,26 @@ class RenoiseGuide:
                 "steps": ("INT", {"default": 20, "min": 1, "max": 1000, "tooltip": "Steps of the full schedule (use the same in the sampler that continues)."}),
                 "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal", "tooltip": "Noise schedule (use the same in the sampler that continues)."}),
                 "inversion_cfg": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 100.0, "step": 0.05, "round": 0.01, "tooltip": "Guidance scale w_b of the inversion (SRRL reference: 0.1)."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fraction of the schedule to invert: 1 = up to the first step (pure noise level)."}),
+                "renoise_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Fraction of the schedule to invert: 1 = up to the first step (pure noise level)."}),
             }
         }
 
-    def renoise(self, model, positive, negative, latent_image, steps, scheduler, inversion_cfg, strength):
+    def renoise(self, model, positive, negative, latent_image, steps, scheduler, inversion_cfg, renoise_strength):
         import comfy.sample
 
         check_widgets(RenoiseGuide, locals())  # a NaN inversion_cfg would return an all-NaN latent as success
         latent = latent_image["samples"]
         check_latent_channels(model, latent)
         sigmas = host_sigmas(model, scheduler, steps)
-        start = renoise_start(steps, strength)
+        start = renoise_start(steps, renoise_strength)
         path = sigmas[start:].flip(0)  # ascending: from the clean end up to where denoising resumes
         if path.numel() < 2:
             return ({"samples": latent.clone()}, sigmas[start:], start)
         param = parametrization_of(model)
         if float(param.alpha(path[-1])) <= 0:
             raise ValueError(
-                "strength: a flow model re-noised to sigma 1 is pure noise that a stock sampler cannot resume from a "
-                "LATENT; use strength < 1 or the SRRL Reflective Sampler"
+                "renoise_strength: a flow model re-noised to sigma 1 is pure noise that a stock sampler cannot resume from a "
+                "LATENT; use renoise_strength < 1 or the SRRL Reflective Sampler"
             )
         on_call = progress(model, path.numel() - 1)
 

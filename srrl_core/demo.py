@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     print(f"[demo] 1/3 reflective sampling on {min(6, len(heldout))} held-out prompts, K = 0..2, 2 branches")
     showcase = heldout[:6]
     reflection = {k: evaluate(policy, showcase, seeds[:1], rounds=k, branches=2, scale=scale,
-                              strength=config.reflection_strength) for k in range(3)}  # fmt: skip
+                              renoise_strength=config.renoise_strength) for k in range(3)}  # fmt: skip
 
     print(f"[demo] 2/3 compliance before training: {len(heldout)} held-out prompts x {len(seeds)} seeds, plain sampling")
     before = evaluate(policy, heldout, seeds, scale=scale)

@@ -43,7 +43,7 @@ def test_zero_rounds_is_the_plain_sampler_bit_for_bit(eta):
 def test_best_selection_never_lowers_the_best_so_far_and_returns_it():
     guided, x, _ = setup()
     result = reflective_sample(
-        guided, x, SIGMAS, rounds=4, branches=3, scale=2.0, eta=1.0, strength=0.5,
+        guided, x, SIGMAS, rounds=4, branches=3, scale=2.0, eta=1.0, renoise_strength=0.5,
         noise=BranchNoise.for_batch(0, 6), score_fn=brightness, selection="best",
     )  # fmt: skip
     assert len(result.rounds) == 5
@@ -64,10 +64,10 @@ def test_best_selection_never_lowers_the_best_so_far_and_returns_it():
 
 def test_model_calls_follow_the_plan_and_partial_renoising_saves_calls():
     guided, x, model = setup()
-    for strength in (1.0, 0.5, 0.25):
+    for renoise_strength in (1.0, 0.5, 0.25):
         model.calls = 0
-        result = reflective_sample(guided, x, SIGMAS, rounds=3, branches=3, scale=2.0, strength=strength)
-        assert result.model_calls == model.calls == planned_model_calls(12, 3, strength)
+        result = reflective_sample(guided, x, SIGMAS, rounds=3, branches=3, scale=2.0, renoise_strength=renoise_strength)
+        assert result.model_calls == model.calls == planned_model_calls(12, 3, renoise_strength)
     assert planned_model_calls(12, 3, 0.25) < planned_model_calls(12, 3, 1.0) == 12 + 3 * 24
 
 
@@ -87,7 +87,7 @@ def test_early_stop_triggers_once_every_prompt_reaches_the_threshold():
 
 def test_branches_are_independent_but_reproducible():
     guided, x, _ = setup(prompts=1, branches=3)
-    kwargs = dict(rounds=2, scale=2.0, eta=1.0, strength=0.5)
+    kwargs = dict(rounds=2, scale=2.0, eta=1.0, renoise_strength=0.5)
     run = lambda: reflective_sample(guided, x, SIGMAS, branches=3, noise=BranchNoise([7, 8, 9]), **kwargs)  # noqa: E731
     a, b = run(), run()
     assert torch.equal(a.latent, b.latent)
@@ -114,8 +114,8 @@ def test_softmax_selection_is_reproducible_with_its_generator():
     [
         (dict(rounds=-1), r"rounds must be .*>= 0"),
         (dict(branches=0), r"branches must be .*>= 1"),
-        (dict(strength=2.0), r"strength must be .*\[0.0, 1.0\]"),
-        (dict(strength=-0.1), r"strength must be .*\[0.0, 1.0\]"),
+        (dict(renoise_strength=2.0), r"renoise_strength must be .*\[0.0, 1.0\]"),
+        (dict(renoise_strength=-0.1), r"renoise_strength must be .*\[0.0, 1.0\]"),
         (dict(sigmas=SIGMAS[:1]), r"sigmas must be .*steps >= 1"),
         (dict(selection="best"), r"selection 'best' needs a reward"),
         (dict(selection="greedy"), r"selection must be one of"),

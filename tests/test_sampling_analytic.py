@@ -77,22 +77,22 @@ def test_denoise_then_invert_round_trips(param):
 
 
 @pytest.mark.parametrize("param", [EpsilonPrediction(), RectifiedFlow()], ids=lambda p: p.prediction_type)
-@pytest.mark.parametrize("strength", [0.3, 0.6, 1.0])
-def test_partial_renoise_then_denoise_reconstructs(param, strength):
+@pytest.mark.parametrize("renoise_strength", [0.3, 0.6, 1.0])
+def test_partial_renoise_then_denoise_reconstructs(param, renoise_strength):
     model = RawOutputModel(param)
     gen = torch.Generator().manual_seed(1)
     mean = torch.randn(1, 4, 6, 6, generator=gen, dtype=torch.float64)
     guided = ClassifierFreeGuidance(model, mean, torch.zeros_like(mean))
     sigmas = schedule_for(param, 300)
     x0 = sample(guided, prior_latent(guided, torch.randn(1, 4, 6, 6, generator=gen, dtype=torch.float64), sigmas[0]), sigmas, scale=1.0).latent
-    renoised = renoise(guided, x0, sigmas, strength=strength, scale=1.0)
+    renoised = renoise(guided, x0, sigmas, renoise_strength=renoise_strength, scale=1.0)
     assert renoised.sigmas[0] == sigmas[renoised.start_step]
     steps = sigmas.numel() - 1
-    assert renoised.start_step == steps - round(strength * steps)
+    assert renoised.start_step == steps - round(renoise_strength * steps)
     again = sample(guided, renoised.latent, renoised.sigmas, scale=1.0).latent
-    assert relative_error(again, x0) < 0.035 * strength  # measured 0.011 at 0.6, 0.023 at 1.0 (300 steps)
-    if strength < 1:  # partial re-noising stays between the clean sample and pure noise
-        assert relative_error(renoised.latent, x0) < relative_error(renoise(guided, x0, sigmas, strength=1.0, scale=1.0).latent, x0)
+    assert relative_error(again, x0) < 0.035 * renoise_strength  # measured 0.011 at 0.6, 0.023 at 1.0 (300 steps)
+    if renoise_strength < 1:  # partial re-noising stays between the clean sample and pure noise
+        assert relative_error(renoised.latent, x0) < relative_error(renoise(guided, x0, sigmas, renoise_strength=1.0, scale=1.0).latent, x0)
 
 
 def test_classifier_free_guidance_is_one_batched_call_and_extrapolates():

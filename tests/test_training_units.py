@@ -113,6 +113,14 @@ def test_config_rejects_bad_values_by_name(changes, message):
         TrainConfig.from_dict({"lr": 1e-4})
 
 
+def test_config_names_a_renamed_setting_and_its_new_name():
+    with pytest.raises(ValueError, match=r"'reflection_strength' was renamed to 'renoise_strength'"):
+        TrainConfig.from_dict({"reflection_strength": 0.5})
+    assert TrainConfig.from_dict({"renoise_strength": 0.5}).renoise_strength == 0.5
+    with pytest.raises(ValueError, match=r"renoise_strength must be .*\[0.0, 1.0\]"):
+        TrainConfig(renoise_strength=1.5)
+
+
 def _unet_inputs():
     gen = torch.Generator().manual_seed(3)
     return torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([10.0, 700.0]), torch.randn(2, 5, 32, generator=gen)

@@ -68,9 +68,9 @@ class ReflectionResult:
         return torch.cat([r.latents.flatten(0, 1) for r in self.rounds])
 
 
-def planned_model_calls(steps: int, rounds: int, strength: float) -> int:
+def planned_model_calls(steps: int, rounds: int, renoise_strength: float) -> int:
     """Model calls of a reflective run without early stop: a full pass plus K x (inversion + partial pass)."""
-    partial = steps - renoise_start(steps, strength)
+    partial = steps - renoise_start(steps, renoise_strength)
     return steps + rounds * 2 * partial
 
 
@@ -84,7 +84,7 @@ def reflect(
     scale: float,
     eta: float = 0.0,
     inversion_scale: float = 0.1,
-    strength: float = 1.0,
+    renoise_strength: float = 1.0,
     noise: BranchNoise | None = None,
     score_fn: ScoreFn | None = None,
     selection: str = "last",
@@ -94,7 +94,7 @@ def reflect(
     on_step: OnStep = None,
 ) -> Reflection:
     """Run ``rounds`` reflective rounds (denoise, score, select, re-noise) from ``latent`` at ``sigmas[0]``."""
-    prompts = _check_inputs(latent, sigmas, rounds, branches, strength, selection, temperature, score_fn, stop_at)
+    prompts = _check_inputs(latent, sigmas, rounds, branches, renoise_strength, selection, temperature, score_fn, stop_at)
     state = Reflection(latent, sigmas)
     for k in range(rounds):
         x0 = _denoise(guided, state.latent, state.sigmas, scale, eta, noise, on_step)
@@ -105,7 +105,7 @@ def reflect(
         carried_at = _select(state, record, k, selection, temperature, generator)
         record.carried = carried_at
         carried = torch.stack([state.rounds[r].latents[p, b] for p, slots in enumerate(carried_at.tolist()) for r, b in slots])
-        renoised = renoise(guided, carried, sigmas, strength=strength, scale=inversion_scale, on_step=on_step)
+        renoised = renoise(guided, carried, sigmas, renoise_strength=renoise_strength, scale=inversion_scale, on_step=on_step)
         state.latent, state.sigmas = renoised.latent, renoised.sigmas
     return state
 
@@ -120,7 +120,7 @@ def reflective_sample(
     scale: float,
     eta: float = 0.0,
     inversion_scale: float = 0.1,
-    strength: float = 1.0,
+    renoise_strength: float = 1.0,
     noise: BranchNoise | None = None,
     score_fn: ScoreFn | None = None,
     selection: str = "last",
@@ -142,7 +142,7 @@ def reflective_sample(
 
     state = reflect(
         guided, latent, sigmas, rounds=rounds, branches=branches, scale=scale, eta=eta,
-        inversion_scale=inversion_scale, strength=strength, noise=noise, score_fn=score_fn, selection=selection,
+        inversion_scale=inversion_scale, renoise_strength=renoise_strength, noise=noise, score_fn=score_fn, selection=selection,
         temperature=temperature, stop_at=stop_at, generator=generator, on_step=count,
     )  # fmt: skip
     trajectory = None
@@ -159,10 +159,10 @@ def reflective_sample(
     return ReflectionResult(final, state.rounds, state.best_score, state.best_at, state.stopped_early, trajectory, calls[0])
 
 
-def _check_inputs(latent, sigmas, rounds, branches, strength, selection, temperature, score_fn, stop_at) -> int:
+def _check_inputs(latent, sigmas, rounds, branches, renoise_strength, selection, temperature, score_fn, stop_at) -> int:
     check_int("rounds", rounds, 0)
     check_int("branches", branches, 1)
-    check_float("strength", strength, 0.0, 1.0)
+    check_float("renoise_strength", renoise_strength, 0.0, 1.0)
     check_float("temperature", temperature, 1e-6)
     check_choice("selection", selection, SELECTIONS)
     check_sigmas("sigmas", sigmas)
@@ -177,7 +177,7 @@ def _check_inputs(latent, sigmas, rounds, branches, strength, selection, tempera
 
 
 def _denoise(guided, latent, sigmas, scale, eta, noise, on_step) -> torch.Tensor:
-    if sigmas.numel() < 2:  # strength 0: nothing was re-noised, nothing to denoise
+    if sigmas.numel() < 2:  # renoise_strength 0: nothing was re-noised, nothing to denoise
         return latent
     return sample(guided, latent, sigmas, scale=scale, eta=eta, noise=noise, on_step=on_step).latent
 

@@ -2,9 +2,9 @@
 
 SRRL re-noises each round's clean image with DDIM inversion under classifier-free guidance at a small scale
 w_b (reference default 0.1) so the next round starts from a noise that still encodes the previous attempt.
-``strength`` in [0, 1] chooses how far back: 1 inverts the whole schedule (the reference), smaller values invert
-only the last ``round(strength * steps)`` steps and leave the rest of the schedule to denoise — the same fraction
-of model calls saved on both the inversion and the next denoising pass.
+``renoise_strength`` in [0, 1] chooses how far back: 1 inverts the whole schedule (the reference), smaller values
+invert only the last ``round(renoise_strength * steps)`` steps and leave the rest of the schedule to denoise — the
+same fraction of model calls saved on both the inversion and the next denoising pass.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ class Renoised:
     start_step: int  # index into the full schedule where denoising resumes
 
 
-def renoise_start(num_steps: int, strength: float) -> int:
-    """The schedule index denoising resumes at: ``num_steps - round(strength * num_steps)``."""
-    strength = check_float("strength", strength, 0.0, 1.0)
-    return num_steps - round(strength * num_steps)
+def renoise_start(num_steps: int, renoise_strength: float) -> int:
+    """The schedule index denoising resumes at: ``num_steps - round(renoise_strength * num_steps)``."""
+    renoise_strength = check_float("renoise_strength", renoise_strength, 0.0, 1.0)
+    return num_steps - round(renoise_strength * num_steps)
 
 
 def renoise(
@@ -36,13 +36,13 @@ def renoise(
     x0: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    strength: float,
+    renoise_strength: float,
     scale: float,
     on_step: OnStep = None,
 ) -> Renoised:
-    """Invert clean ``x0`` (at ``sigmas[-1]``) up the descending schedule ``sigmas`` by ``strength``."""
+    """Invert clean ``x0`` (at ``sigmas[-1]``) up the descending schedule ``sigmas`` by ``renoise_strength``."""
     check_sigmas("sigmas", sigmas)
-    start = renoise_start(sigmas.numel() - 1, strength)
+    start = renoise_start(sigmas.numel() - 1, renoise_strength)
     rest = sigmas[start:]
     if rest.numel() < 2:
         return Renoised(x0, rest, start)

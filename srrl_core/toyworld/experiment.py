@@ -87,7 +87,7 @@ def evaluate(
     rounds: int = 0,
     branches: int = 1,
     scale: float = 4.0,
-    strength: float = 1.0,
+    renoise_strength: float = 1.0,
     eta: float = 0.0,
     batch_size: int = 32,
 ) -> Evaluation:
@@ -107,7 +107,7 @@ def evaluate(
         score = (lambda latents: reward(policy.decode(latents).float(), row_prompts)) if rounds or branches > 1 else None
         result = reflective_sample(
             guided, prior_latent(guided, x, policy.sigmas[0]), policy.sigmas, rounds=rounds, branches=branches,
-            scale=scale, eta=eta, strength=strength, score_fn=score, selection="best" if score else "last",
+            scale=scale, eta=eta, renoise_strength=renoise_strength, score_fn=score, selection="best" if score else "last",
             noise=BranchNoise(derived_seeds(start, len(rows), stream=1)) if eta > 0 else None,
         )  # fmt: skip
         chosen.append(policy.decode(result.latent).float().cpu())

@@ -28,6 +28,7 @@ from .advantages import ADVANTAGE_MODES
 from .selection import SIBLING_SELECTIONS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+RENAMED = {"reflection_strength": "renoise_strength"}  # old setting -> new name: saved configs get told, not "unknown"
 
 
 @dataclass
@@ -41,7 +42,7 @@ class TrainConfig:
     reflection_scale: float = 3.0  # CFG of the reflective denoising passes
     reflection_eta: float = 0.0  # deterministic reflective passes
     inversion_scale: float = 0.1  # CFG of the condition-guided forward process (DDIM inversion)
-    reflection_strength: float = 1.0  # how far back each round re-noises (1 = the whole schedule, the reference)
+    renoise_strength: float = 1.0  # how far back each round re-noises (1 = the whole schedule, the reference)
     reflection_selection: str = "last"  # "last" (reference: no reward between rounds), "best", "softmax"
     score_reflection_rounds: bool = False  # score every round (implied by "best"/"softmax"); logged per round
     reflection_temperature: float = 1.0  # softmax selection temperature
@@ -122,7 +123,7 @@ class TrainConfig:
             check_int(name, getattr(self, name), low)
         for name, low, high in (
             ("rollout_scale", 0.0, None), ("reflection_scale", 0.0, None), ("inversion_scale", 0.0, None),
-            ("reflection_eta", 0.0, 1.0), ("reflection_strength", 0.0, 1.0), ("reflection_temperature", 1e-6, None),
+            ("reflection_eta", 0.0, 1.0), ("renoise_strength", 0.0, 1.0), ("reflection_temperature", 1e-6, None),
             ("clip_range", 0.0, 1.0), ("target_kl", 0.0, None), ("advantage_std_floor", 0.0, None),
             ("min_reward_gap", 0.0, None), ("advantage_clip", 0.0, None), ("beta_positive", 0.0, None),
             ("beta_negative", 0.0, None), ("learning_rate", 0.0, 1.0), ("adam_beta1", 0.0, 0.999999),
@@ -172,6 +173,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         """Build from a mapping, rejecting unknown keys by name."""
+        renamed = sorted(set(values) & set(RENAMED))
+        if renamed:
+            raise ValueError("; ".join(f"training setting {old!r} was renamed to {RENAMED[old]!r}" for old in renamed))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -112,7 +112,7 @@ def collect_rollout(
             score_fn = (lambda latents: score(latents, prompts)) if config.scores_rounds and score is not None else None
             state = reflect(
                 guided, x, sigmas, rounds=rounds, scale=config.reflection_scale, eta=config.reflection_eta,
-                inversion_scale=config.inversion_scale, strength=config.reflection_strength,
+                inversion_scale=config.inversion_scale, renoise_strength=config.renoise_strength,
                 noise=row_noise(seed, stage, REFLECTION, rows) if config.reflection_eta > 0 else None,
                 score_fn=score_fn, selection=config.reflection_selection if score_fn else "last",
                 temperature=config.reflection_temperature,
@@ -123,9 +123,9 @@ def collect_rollout(
         branch_at = branch_point(policy.parametrization, sigmas, config.split_step(stage), config.rollout_eta)
         if branch_at is None:
             raise ValueError(
-                f"reflection_strength ({config.reflection_strength}) leaves {stochastic_steps(policy.parametrization, sigmas, config.rollout_eta)} "
+                f"renoise_strength ({config.renoise_strength}) leaves {stochastic_steps(policy.parametrization, sigmas, config.rollout_eta)} "
                 f"stochastic steps after re-noising, fewer than split_step {config.split_step(stage)} of stage {stage}; "
-                "raise reflection_strength or lower the split steps"
+                "raise renoise_strength or lower the split steps"
             )
         if branch_at > 0:
             x = sample(guided, x, sigmas[: branch_at + 1], scale=config.rollout_scale, eta=config.rollout_eta,

@@ -240,7 +240,7 @@ class SRRLTrainer:
         started = time.perf_counter()
         split_step, rounds = config.split_step(stage), config.rounds(stage)
         self._emit("stage_start", stage=stage, split_step=split_step, rounds=rounds,
-                   planned_model_calls=planned_model_calls(config.steps, rounds, config.reflection_strength))  # fmt: skip
+                   planned_model_calls=planned_model_calls(config.steps, rounds, config.renoise_strength))  # fmt: skip
         all_prompts = self.stage_prompts(stage)
         local = len(all_prompts) // dist.world_size
         first = dist.rank * local
@@ -469,15 +469,15 @@ class SRRLTrainer:
             raise ValueError(f"the curriculum's largest split step ({largest}) exceeds the {available} stochastic steps "
                              f"of the {config.steps}-step schedule; lower split_step_start / split_step_stride")  # fmt: skip
         reflecting = [n for n in range(config.stages) if config.rounds(n) > 0]
-        if reflecting and config.reflection_strength < 1:
-            tail = policy.sigmas[renoise_start(config.steps, config.reflection_strength):]
+        if reflecting and config.renoise_strength < 1:
+            tail = policy.sigmas[renoise_start(config.steps, config.renoise_strength):]
             available = stochastic_steps(policy.parametrization, tail, config.rollout_eta)
             largest = max(config.split_step(n) for n in reflecting[: config.curriculum_period])
             if largest > available:
                 raise ValueError(
-                    f"reflection_strength ({config.reflection_strength}) leaves {available} stochastic steps after "
+                    f"renoise_strength ({config.renoise_strength}) leaves {available} stochastic steps after "
                     f"re-noising, fewer than the largest split step of a reflecting stage ({largest}); raise "
-                    "reflection_strength or lower split_step_start / split_step_stride"
+                    "renoise_strength or lower split_step_start / split_step_stride"
                 )
 
     def _emit(self, event: str, **info) -> None:

@@ -113,7 +113,7 @@ def sampler(**inputs) -> dict:
 
 
 def renoise(**inputs) -> dict:
-    values = {"steps": 2, "scheduler": "normal", "inversion_cfg": 0.1, "strength": 1.0}
+    values = {"steps": 2, "scheduler": "normal", "inversion_cfg": 0.1, "renoise_strength": 1.0}
     return {**base(),
             "5": {"class_type": "SRRLRenoiseGuide", "inputs": {**values, **inputs, "model": ["1", 0],
                   "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0]}},
@@ -141,7 +141,7 @@ BAD = [
     ("lora_name path", lambda j: trainer(lora_name="../escape"), ["lora_name must be"]),
     ("learning_rate nan", lambda j: trainer(learning_rate=NAN), ["learning_rate must be a finite number"]),
     ("inversion_cfg nan", lambda j: renoise(inversion_cfg=NAN), ["inversion_cfg must be a finite number"]),
-    ("renoise strength inf", lambda j: renoise(strength=float("inf")), ["strength"]),
+    ("renoise_strength inf", lambda j: renoise(renoise_strength=float("inf")), ["renoise_strength"]),
     ("cfg nan", lambda j: sampler(cfg=NAN), ["cfg must be a finite number"]),
     ("stop_at nan", lambda j: sampler(stop_at=NAN, early_stop=True), ["stop_at must be a finite number"]),
     ("rounds x branches", lambda j: sampler(rounds=32, branches=64), ["rounds x branches", "allow_large_runs"]),

@@ -79,17 +79,17 @@ def constant_eps_model(model, seed=0):
     return patched
 
 
-@pytest.mark.parametrize("strength", [1.0, 0.5])
-def test_renoise_guide_then_stock_samplers_reconstruct_the_latent(host, strength):
+@pytest.mark.parametrize("renoise_strength", [1.0, 0.5])
+def test_renoise_guide_then_stock_samplers_reconstruct_the_latent(host, renoise_strength):
     inproc, pack, nodes = host
     model = constant_eps_model(inproc.model)
     pos, neg = inproc.encode("a glass of water"), inproc.encode("")
     clean = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))}
     with torch.inference_mode():
         latent, sigmas, start = pack.nodes.renoise_guide.RenoiseGuide().renoise(
-            model, pos, neg, clean, steps=10, scheduler="normal", inversion_cfg=0.1, strength=strength
+            model, pos, neg, clean, steps=10, scheduler="normal", inversion_cfg=0.1, renoise_strength=renoise_strength
         )
-        assert start == 10 - round(10 * strength) and sigmas.numel() == 10 - start + 1
+        assert start == 10 - round(10 * renoise_strength) and sigmas.numel() == 10 - start + 1
         assert not torch.allclose(latent["samples"], clean["samples"], atol=1e-2)
         advanced = nodes.KSamplerAdvanced().sample(
             model, "disable", 0, 10, 3.0, "euler", "normal", pos, neg, latent, start, 10000, "disable"

@@ -67,7 +67,7 @@ def test_renoise_guide_reports_every_model_call_with_a_preview(comfy_inprocess, 
     clean = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))}
     with torch.inference_mode():
         pack.nodes.renoise_guide.RenoiseGuide().renoise(
-            inproc.model, pos, neg, clean, steps=6, scheduler="normal", inversion_cfg=0.1, strength=0.5
+            inproc.model, pos, neg, clean, steps=6, scheduler="normal", inversion_cfg=0.1, renoise_strength=0.5
         )
     assert [(value, total) for value, total, _ in records] == [(1, 3), (2, 3), (3, 3)]
     assert all(preview is not None for _, _, preview in records)
@@ -85,7 +85,7 @@ def _preview_prompt(seed: int) -> dict:
             **sampler_args(seed=seed, steps=STEPS, rounds=2),
             "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0]}},
         "6": {"class_type": "SRRLRenoiseGuide", "inputs": {
-            "steps": 4, "scheduler": "normal", "inversion_cfg": 0.1, "strength": 1.0,
+            "steps": 4, "scheduler": "normal", "inversion_cfg": 0.1, "renoise_strength": 1.0,
             "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["5", 0]}},
         "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},

@@ -148,7 +148,7 @@ def test_api_workflow_runs_headless(comfy_server, api_path, tmp_path):
 @pytest.mark.parametrize(
     "class_type, field, value",
     [("SRRLReflectiveSampler", "rounds", -1), ("SRRLReflectiveSampler", "branches", 0),
-     ("SRRLRenoiseGuide", "strength", 2.0), ("SRRLReflectiveSampler", "renoise_strength", 2.0)],
+     ("SRRLRenoiseGuide", "renoise_strength", 2.0), ("SRRLReflectiveSampler", "renoise_strength", 2.0)],
 )
 def test_out_of_range_values_are_node_errors_at_queue_time(comfy_server, class_type, field, value):
     path = next((p for p in API_FILES if any(n["class_type"] == class_type for n in load(p).values())), None)
