@@ -95,7 +95,7 @@ class ReflectiveSampler:
                 temperature=temperature, stop_at=stop_at if early_stop and score_fn else None,
                 generator=torch.Generator().manual_seed(seed),
             )  # fmt: skip
-            return holder["result"].rounds[-1].latents.flatten(0, 1)
+            return holder["result"].passes[-1].latents.flatten(0, 1)
 
         import comfy.sample
 
@@ -131,13 +131,12 @@ def _repeat_mask(mask, branches):
 
 
 def report(result, prompts: int, branches: int, steps: int, renoise_strength: float) -> str:
-    rounds = len(result.rounds) - 1 if not result.stopped_early else len(result.rounds)
     lines = [
-        f"SRRL reflective sampling: {len(result.rounds)} denoising passes ({rounds} reflective rounds), "
+        f"SRRL reflective sampling: {len(result.passes)} denoising passes ({result.rounds} reflective rounds), "
         f"{branches} branch(es) x {prompts} latent(s), {steps} steps, renoise_strength {renoise_strength:.2f}, "
         f"{result.model_calls} model calls" + (", stopped early" if result.stopped_early else "")
     ]
-    for k, record in enumerate(result.rounds):
+    for k, record in enumerate(result.passes):
         scores = "no reward" if record.scores is None else " | ".join(
             " ".join(f"{s:.4f}" for s in row) for row in record.scores.tolist()
         )

@@ -90,7 +90,7 @@ def render(images: torch.Tensor, scores: list, carried: list, chosen: set, promp
            title: str) -> torch.Tensor:
     """The report as a ComfyUI IMAGE [1, H, W, 3] in [0, 1].
 
-    ``images`` [passes * P * G, H, W, 3] round-major then prompt-major; ``scores[k]`` a [P, G] tensor or None;
+    ``images`` [passes * P * G, H, W, 3] pass-major then prompt-major; ``scores[k]`` a [P, G] tensor or None;
     ``carried[k]`` a [P, G, 2] tensor of (round, branch) that round k's slots were re-noised from, or None;
     ``chosen`` the (round, latent, branch) cells the sampler returns.
     """
@@ -126,7 +126,7 @@ def chosen_cells(result, prompts: int, branches: int) -> set:
     otherwise every branch of the last pass."""
     if result.best_at is not None:
         return {(int(k), p, int(g)) for p, (k, g) in enumerate(result.best_at.tolist())}
-    last = len(result.rounds) - 1
+    last = len(result.passes) - 1
     return {(last, p, g) for p in range(prompts) for g in range(branches)}
 
 
@@ -152,5 +152,5 @@ def candidate_images(model, vae, latents: torch.Tensor) -> torch.Tensor:
 
 def round_report_image(model, vae, result, prompts: int, branches: int, title: str) -> torch.Tensor:
     images = candidate_images(model, vae, result.all_latents)
-    return render(images, [r.scores for r in result.rounds], [r.carried for r in result.rounds],
+    return render(images, [r.scores for r in result.passes], [r.carried for r in result.passes],
                   chosen_cells(result, prompts, branches), prompts, branches, title)

@@ -37,7 +37,7 @@ def test_zero_rounds_is_the_plain_sampler_bit_for_bit(eta):
     plain = sample(guided, x, SIGMAS, scale=3.0, eta=eta, noise=BranchNoise.for_batch(5, 6)).latent
     result = reflective_sample(guided, x, SIGMAS, rounds=0, branches=3, scale=3.0, eta=eta, noise=BranchNoise.for_batch(5, 6))
     assert torch.equal(result.latent, plain)
-    assert len(result.rounds) == 1 and result.model_calls == 12
+    assert len(result.passes) == 1 and result.rounds == 0 and result.model_calls == 12
 
 
 def test_best_selection_never_lowers_the_best_so_far_and_returns_it():
@@ -46,20 +46,20 @@ def test_best_selection_never_lowers_the_best_so_far_and_returns_it():
         guided, x, SIGMAS, rounds=4, branches=3, scale=2.0, eta=1.0, renoise_strength=0.5,
         noise=BranchNoise.for_batch(0, 6), score_fn=brightness, selection="best",
     )  # fmt: skip
-    assert len(result.rounds) == 5
-    best_so_far = torch.cummax(torch.stack([r.scores.max(dim=1).values for r in result.rounds]), dim=0).values
+    assert len(result.passes) == 5 and result.rounds == 4
+    best_so_far = torch.cummax(torch.stack([r.scores.max(dim=1).values for r in result.passes]), dim=0).values
     assert torch.equal(result.best_score, best_so_far[-1])
     assert torch.equal(brightness(result.latent), result.best_score)
     for p, (k, g) in enumerate(result.best_at.tolist()):
-        assert torch.equal(result.latent[p], result.rounds[k].latents[p, g])
+        assert torch.equal(result.latent[p], result.passes[k].latents[p, g])
     # Elitism: every slot of the next round was carried from the best candidate known at that time.
-    for k, record in enumerate(result.rounds[:-1]):
+    for k, record in enumerate(result.passes[:-1]):
         running = best_so_far[k]
         for p in range(2):
             for r, g in record.carried[p].tolist():
-                assert result.rounds[r].scores[p, g] == running[p]
+                assert result.passes[r].scores[p, g] == running[p]
     # Reflection found something better than the first round for at least one prompt.
-    assert (result.best_score > result.rounds[0].scores.max(dim=1).values).any()
+    assert (result.best_score > result.passes[0].scores.max(dim=1).values).any()
 
 
 def test_model_calls_follow_the_plan_and_partial_renoising_saves_calls():
@@ -78,11 +78,21 @@ def test_early_stop_triggers_once_every_prompt_reaches_the_threshold():
     result = reflective_sample(
         guided, x, SIGMAS, rounds=5, branches=3, scale=2.0, score_fn=brightness, selection="best", stop_at=threshold
     )
-    assert result.stopped_early and len(result.rounds) == 1 and result.model_calls == 12
+    # Stopped in round 0 before re-noising: one pass, no reflective round, the plain sampler's calls.
+    assert result.stopped_early and len(result.passes) == 1 and result.rounds == 0 and result.model_calls == 12
     unreachable = reflective_sample(
         guided, x, SIGMAS, rounds=2, branches=3, scale=2.0, score_fn=brightness, selection="best", stop_at=1e9
     )
-    assert not unreachable.stopped_early and len(unreachable.rounds) == 3
+    assert not unreachable.stopped_early and len(unreachable.passes) == 3 and unreachable.rounds == 2
+    # Stopped in round 1: its re-noising and the final pass are skipped, so it costs what a K = 1 run costs.
+    guided, x, _ = setup(prompts=1, seed=3)
+    kwargs = dict(rounds=3, branches=3, scale=2.0, renoise_strength=0.5, score_fn=brightness, selection="best")
+    passes = reflective_sample(guided, x, SIGMAS, **kwargs).passes
+    first, second = (float(r.scores.max()) for r in passes[:2])
+    assert first < second
+    later = reflective_sample(guided, x, SIGMAS, stop_at=second, **kwargs)
+    assert later.stopped_early and len(later.passes) == 2 and later.rounds == 1
+    assert later.model_calls == planned_model_calls(12, later.rounds, 0.5)
 
 
 def test_branches_are_independent_but_reproducible():
@@ -106,7 +116,7 @@ def test_softmax_selection_is_reproducible_with_its_generator():
     )  # fmt: skip
     a, b = run(), run()
     assert torch.equal(a.latent, b.latent)
-    assert all(torch.equal(r.carried, s.carried) for r, s in zip(a.rounds[:-1], b.rounds[:-1]))
+    assert all(torch.equal(r.carried, s.carried) for r, s in zip(a.passes[:-1], b.passes[:-1]))
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,9 @@ Selection (what each of a prompt's G branch slots carries forward):
 * ``"softmax"``: slots draw candidates of the current round with probability softmax(score / temperature).
 
 Identical carried latents diverge again only through stochastic denoising (``eta`` > 0). With a reward, the
-result per prompt is the best candidate of all rounds; without one, every branch of the last round.
+result per prompt is the best candidate of all passes; without one, every branch of the last pass. A run of K
+rounds makes K + 1 denoising passes (pass k is round k's, pass K the final one); early stop ends it after the pass
+that reached ``stop_at``, skipping that round's re-noising and the final pass.
 Latent rows are prompt-major: row ``p * G + g`` is branch g of prompt p.
 """
 
@@ -33,10 +35,12 @@ ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # clean latents [P*G, ...] -> 
 
 
 @dataclass
-class RoundRecord:
-    latents: torch.Tensor  # [P, G, ...] clean candidates of this round
+class PassRecord:
+    """One denoising pass: its clean candidates, their scores, and what each slot carried into the next round."""
+
+    latents: torch.Tensor  # [P, G, ...] clean candidates of this pass
     scores: torch.Tensor | None  # [P, G]
-    carried: torch.Tensor | None = None  # [P, G, 2]: (round, branch) each slot carried on; None if not re-noised
+    carried: torch.Tensor | None = None  # [P, G, 2]: (pass, branch) each slot carried on; None if not re-noised
 
 
 @dataclass
@@ -45,27 +49,33 @@ class Reflection:
 
     latent: torch.Tensor  # [P*G, ...] at sigmas[0]
     sigmas: torch.Tensor  # remaining schedule
-    rounds: list[RoundRecord] = field(default_factory=list)
+    passes: list[PassRecord] = field(default_factory=list)  # one per denoising pass so far
     best_latent: torch.Tensor | None = None  # [P, ...]
     best_score: torch.Tensor | None = None  # [P]
-    best_at: torch.Tensor | None = None  # [P, 2] (round, branch)
+    best_at: torch.Tensor | None = None  # [P, 2] (pass, branch)
     stopped_early: bool = False
 
 
 @dataclass
 class ReflectionResult:
-    latent: torch.Tensor  # [P, ...] best per prompt with a reward; else [P*G, ...] the last round's branches
-    rounds: list[RoundRecord]  # every denoising pass, the final one included
+    latent: torch.Tensor  # [P, ...] best per prompt with a reward; else [P*G, ...] the last pass's branches
+    passes: list[PassRecord]  # every denoising pass, the final one included
     best_score: torch.Tensor | None  # [P]
-    best_at: torch.Tensor | None  # [P, 2] (round, branch) of the chosen candidate
+    best_at: torch.Tensor | None  # [P, 2] (pass, branch) of the chosen candidate
     stopped_early: bool
     trajectory: Trajectory | None  # the final pass, when recorded
     model_calls: int
 
     @property
+    def rounds(self) -> int:
+        """Reflective rounds K actually run: the passes after the first, each one re-noising plus denoising. An early
+        stop skips the stopping round's re-noising, so its pass counts as the last, not as a round."""
+        return len(self.passes) - 1
+
+    @property
     def all_latents(self) -> torch.Tensor:
-        """Every round's clean candidates, round-major: [passes * P * G, ...]."""
-        return torch.cat([r.latents.flatten(0, 1) for r in self.rounds])
+        """Every pass's clean candidates, pass-major: [passes * P * G, ...]."""
+        return torch.cat([r.latents.flatten(0, 1) for r in self.passes])
 
 
 def planned_model_calls(steps: int, rounds: int, renoise_strength: float) -> int:
@@ -98,13 +108,13 @@ def reflect(
     state = Reflection(latent, sigmas)
     for k in range(rounds):
         x0 = _denoise(guided, state.latent, state.sigmas, scale, eta, noise, on_step)
-        record = _score_round(state, k, x0, score_fn, prompts, branches)
+        record = _score_pass(state, k, x0, score_fn, prompts, branches)
         if stop_at is not None and bool((state.best_score >= stop_at).all()):
             state.stopped_early = True
             return state
         carried_at = _select(state, record, k, selection, temperature, generator)
         record.carried = carried_at
-        carried = torch.stack([state.rounds[r].latents[p, b] for p, slots in enumerate(carried_at.tolist()) for r, b in slots])
+        carried = torch.stack([state.passes[r].latents[p, b] for p, slots in enumerate(carried_at.tolist()) for r, b in slots])
         renoised = renoise(guided, carried, sigmas, renoise_strength=renoise_strength, scale=inversion_scale, on_step=on_step)
         state.latent, state.sigmas = renoised.latent, renoised.sigmas
     return state
@@ -154,9 +164,9 @@ def reflective_sample(
         else:
             out = sample(guided, state.latent, state.sigmas, scale=final_scale, eta=final_eta, noise=noise, record=record, on_step=count)
             x0, trajectory = out.latent, out.trajectory
-        _score_round(state, rounds, x0, score_fn, latent.shape[0] // branches, branches)
-    final = state.best_latent if score_fn is not None else state.rounds[-1].latents.flatten(0, 1)
-    return ReflectionResult(final, state.rounds, state.best_score, state.best_at, state.stopped_early, trajectory, calls[0])
+        _score_pass(state, rounds, x0, score_fn, latent.shape[0] // branches, branches)
+    final = state.best_latent if score_fn is not None else state.passes[-1].latents.flatten(0, 1)
+    return ReflectionResult(final, state.passes, state.best_score, state.best_at, state.stopped_early, trajectory, calls[0])
 
 
 def _check_inputs(latent, sigmas, rounds, branches, renoise_strength, selection, temperature, score_fn, stop_at) -> int:
@@ -182,7 +192,7 @@ def _denoise(guided, latent, sigmas, scale, eta, noise, on_step) -> torch.Tensor
     return sample(guided, latent, sigmas, scale=scale, eta=eta, noise=noise, on_step=on_step).latent
 
 
-def _score_round(state: Reflection, k: int, x0: torch.Tensor, score_fn, prompts: int, branches: int) -> RoundRecord:
+def _score_pass(state: Reflection, k: int, x0: torch.Tensor, score_fn, prompts: int, branches: int) -> PassRecord:
     latents = x0.reshape((prompts, branches) + x0.shape[1:])
     scores = None
     if score_fn is not None:
@@ -200,13 +210,13 @@ def _score_round(state: Reflection, k: int, x0: torch.Tensor, score_fn, prompts:
             state.best_score[p] = round_best[p]
             state.best_latent[p] = latents[p, branch[p]]
             state.best_at[p] = torch.tensor([k, branch[p]])
-    record = RoundRecord(latents, scores)
-    state.rounds.append(record)
+    record = PassRecord(latents, scores)
+    state.passes.append(record)
     return record
 
 
-def _select(state: Reflection, record: RoundRecord, k: int, selection: str, temperature: float, generator) -> torch.Tensor:
-    """[P, G, 2] (round, branch) that each slot carries into the next round."""
+def _select(state: Reflection, record: PassRecord, k: int, selection: str, temperature: float, generator) -> torch.Tensor:
+    """[P, G, 2] (pass, branch) that each slot carries into the next round."""
     prompts, branches = record.latents.shape[:2]
     slots = torch.arange(branches).expand(prompts, branches)
     if selection == "best":

@@ -119,7 +119,7 @@ def collect_rollout(
                 generator=torch.Generator().manual_seed(derive_seed(seed, stage, REFLECTION, first_row)), on_step=count,
             )  # fmt: skip
             x, sigmas = state.latent, state.sigmas
-            round_scores = [r.scores.flatten() for r in state.rounds if r.scores is not None]
+            round_scores = [r.scores.flatten() for r in state.passes if r.scores is not None]
         branch_at = branch_point(policy.parametrization, sigmas, config.split_step(stage), config.rollout_eta)
         if branch_at is None:
             raise ValueError(
