@@ -9,16 +9,19 @@ from .export import check_lora_name, diffusers_to_ldm, export_lora, kohya_state_
 from .lora import LoraEMA, adapters_disabled, add_lora, lora_parameters, lora_state_dict, remove_lora
 from .models import available_models, build_policy, register_model
 from .policy import PolicyModel, take_rows
-from .ppo import clip_advantages, ppo_clip_loss, transition_kl
+from .ppo import (
+    PPOUpdate, TrainingDiverged, Transitions, clip_advantages, kept_transitions, ppo_clip_loss, transition_kl,
+    transition_losses,
+)  # fmt: skip
 from .rollout import Rollout, collect_rollout
 from .selection import select_siblings
-from .trainer import SRRLTrainer, TrainingDiverged, Transitions, transition_losses
+from .trainer import SRRLTrainer
 
 __all__ = [
-    "AccelerateProcesses", "LoraEMA", "PolicyModel", "Rollout", "SRRLTrainer", "SingleProcess", "TrainConfig",
-    "TrainingDiverged", "Transitions", "adapters_disabled", "add_lora", "available_models", "build_policy",
-    "check_lora_name", "clip_advantages", "collect_rollout", "diffusers_to_ldm", "export_lora", "kohya_state_dict",
-    "latest_checkpoint", "load_checkpoint", "lora_parameters", "lora_state_dict", "model_fingerprint",
-    "ppo_clip_loss", "register_model", "remove_lora", "sample_rewards", "select_siblings", "take_rows",
-    "transition_kl", "transition_losses",
+    "AccelerateProcesses", "LoraEMA", "PPOUpdate", "PolicyModel", "Rollout", "SRRLTrainer", "SingleProcess",
+    "TrainConfig", "TrainingDiverged", "Transitions", "adapters_disabled", "add_lora", "available_models",
+    "build_policy", "check_lora_name", "clip_advantages", "collect_rollout", "diffusers_to_ldm", "export_lora",
+    "kept_transitions", "kohya_state_dict", "latest_checkpoint", "load_checkpoint", "lora_parameters",
+    "lora_state_dict", "model_fingerprint", "ppo_clip_loss", "register_model", "remove_lora", "sample_rewards",
+    "select_siblings", "take_rows", "transition_kl", "transition_losses",
 ]

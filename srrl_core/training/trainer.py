@@ -9,16 +9,18 @@ One stage n (see :mod:`.rollout`, :mod:`.selection`, :mod:`.ppo`):
    (:mod:`.advantages`: per prompt with a batch fallback and a std floor, per group, or by win rate);
 3. keep each group's best sibling if :math:`A \ge \tau_+` and its worst if :math:`A < \tau_-`, when the group's
    rewards differ by at least ``min_reward_gap`` (:mod:`.selection`);
-4. ``epochs`` passes over the kept transitions in shuffled micro-batches (each row at its own noise level):
-   recompute the CFG-guided prediction with LoRA, :math:`\log p_\theta` by :func:`srrl_core.sampling.ddim_log_prob`,
-   the clipped surrogate (plus the optional KL penalty), and take an AdamW step every
-   ``trajectories_per_update`` kept trajectories' worth of transitions, clipping the gradient norm; with
-   ``target_kl`` the update stops, before stepping, once a step's transitions show a mean approx_kl above it.
+4. the PPO update (:class:`.ppo.PPOUpdate`): ``epochs`` passes over the kept transitions in shuffled micro-batches
+   (each row at its own noise level): recompute the CFG-guided prediction with LoRA, :math:`\log p_\theta` by
+   :func:`srrl_core.sampling.ddim_log_prob`, the clipped surrogate (plus the optional KL penalty), and take an
+   AdamW step every ``trajectories_per_update`` kept trajectories' worth of transitions, clipping the gradient
+   norm; with ``target_kl`` the update stops, before stepping, once a step's transitions show a mean approx_kl
+   above it;
+5. log the stage's metrics (and checkpoint, every ``checkpoint_every`` stages).
 
 A stage that keeps nothing logs a warning saying why and skips its update; stages whose update changed nothing
 (no kept transition, zero gradient, zero LoRA change) are counted as ``noop_stages`` in the summary, and a run
 whose LoRA never moved ends with a warning naming the likely cause. A non-finite loss stops training with
-:class:`TrainingDiverged` naming the stage and step; the last checkpoint (written only at the end of good
+:class:`.ppo.TrainingDiverged` naming the stage and step; the last checkpoint (written only at the end of good
 stages) stays the latest.
 """
 
@@ -26,17 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import random
 import time
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..sampling.ddim import ddim_log_prob
 from ..sampling.reflective import planned_model_calls
 from ..sampling.renoise import renoise_start
 from .advantages import AdvantageEstimator
@@ -44,92 +43,17 @@ from .checkpoint import latest_checkpoint, load_checkpoint, model_fingerprint, s
 from .config import TrainConfig
 from .distributed import SingleProcess
 from .export import check_lora_name, export_lora
-from .lora import LoraEMA, add_lora, adapters_disabled, load_lora_state_dict, lora_parameters, lora_state_dict
+from .lora import add_lora, load_lora_state_dict, lora_parameters, lora_state_dict
 from .metrics import MetricsWriter
-from .policy import PolicyModel, take_rows
-from .ppo import approx_kl, clip_advantages, ppo_clip_loss, transition_kl
-from .rollout import GLOBAL, PROMPTS, SHUFFLE, Rollout, collect_rollout, derive_seed, stochastic_steps
+from .policy import PolicyModel
+from .ppo import PPOUpdate, kept_transitions
+from .rollout import GLOBAL, PROMPTS, SHUFFLE, collect_rollout, derive_seed, stochastic_steps
 from .selection import select_siblings
 
 logger = logging.getLogger(__name__)
 
 Callback = Callable[[str, dict], None]  # (event, info); raise from it to stop training
 RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]  # (images [B, H, W, 3] in [0, 1], prompts) -> [B]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the stage and step."""
-
-
-@dataclass
-class Transitions:
-    """Kept transitions on one process, flattened over (trajectory, step)."""
-
-    latents: torch.Tensor  # [T, C, h, w]
-    next_latents: torch.Tensor
-    sigmas: torch.Tensor  # [T]
-    next_sigmas: torch.Tensor
-    log_probs: torch.Tensor  # [T] rollout log-probabilities
-    advantages: torch.Tensor  # [T] clipped and weighted
-    rows: torch.Tensor  # [T] local prompt index (conditioning row)
-
-    def __len__(self) -> int:
-        return self.sigmas.shape[0]
-
-    def take(self, index: torch.Tensor) -> "Transitions":
-        return Transitions(*(t[index.to(t.device)] for t in vars(self).values()))
-
-
-def kept_transitions(
-    rollout: Rollout, keep: torch.Tensor, advantages: torch.Tensor, config: TrainConfig, generator: torch.Generator
-) -> Transitions:
-    """The trainable transitions of kept siblings (optionally a random ``timestep_fraction`` of each)."""
-    siblings = rollout.siblings
-    steps = rollout.trainable.nonzero().flatten().cpu()
-    per_trajectory = max(1, round(config.timestep_fraction * steps.numel())) if steps.numel() else 0
-    step_index, row_index = [], []
-    for row in keep.flatten().nonzero().flatten().tolist():
-        chosen = steps if per_trajectory == steps.numel() else steps[torch.randperm(steps.numel(), generator=generator)[:per_trajectory]]
-        step_index.append(chosen)
-        row_index.append(torch.full_like(chosen, row))
-    s = torch.cat(step_index) if step_index else torch.zeros(0, dtype=torch.long)
-    r = torch.cat(row_index) if row_index else torch.zeros(0, dtype=torch.long)
-    weighted = clip_advantages(advantages, config.advantage_clip, config.beta_positive, config.beta_negative)
-    sd, rd = s.to(rollout.latents.device), r.to(rollout.latents.device)  # the whole rollout lives on one device
-    return Transitions(
-        rollout.latents[sd, rd], rollout.next_latents[sd, rd], rollout.sigmas[sd], rollout.next_sigmas[sd],
-        rollout.log_probs[sd, rd].float(), weighted[r].float(), r // siblings,
-    )  # fmt: skip
-
-
-def transition_losses(
-    policy: PolicyModel, cond, batch: Transitions, config: TrainConfig, autocast: Callable = contextlib.nullcontext
-) -> tuple[torch.Tensor, dict]:
-    """Per-transition losses [B] (clipped surrogate + KL penalty) of a micro-batch, with the graph for backward.
-
-    One guided model call evaluates all B transitions, each at its own noise level (2B network rows with CFG).
-    """
-    param, device = policy.parametrization, policy.device
-    x, x_next = batch.latents.to(device).float(), batch.next_latents.to(device).float()
-    sigma, sigma_next = batch.sigmas.to(device), batch.next_sigmas.to(device)
-    guided = policy.guided(take_rows(cond, batch.rows))
-    with autocast():
-        denoised = guided(x, sigma, config.rollout_scale).float()
-    log_prob = ddim_log_prob(param, x, denoised, sigma, sigma_next, x_next, config.rollout_eta)
-    old = batch.log_probs.to(device)
-    losses, ratio = ppo_clip_loss(log_prob, old, batch.advantages.to(device), config.clip_range)
-    stats = {
-        "loss": float(losses.detach().sum()), "approx_kl": float(approx_kl(log_prob.detach(), old).sum()),
-        "clip_fraction": float(((ratio.detach() - 1).abs() > config.clip_range).float().sum()),
-        "ratio": float(ratio.detach().sum()), "kl": 0.0,
-    }  # fmt: skip
-    if config.kl_coef > 0:
-        with torch.no_grad(), adapters_disabled(policy.network), autocast():
-            reference = guided(x, sigma, config.rollout_scale).float()
-        kl = transition_kl(param, x, denoised, reference, sigma, sigma_next, config.rollout_eta)
-        losses = losses + config.kl_coef * kl
-        stats["kl"] = float(kl.detach().sum())
-    return losses, stats
 
 
 class SRRLTrainer:
@@ -180,15 +104,11 @@ class SRRLTrainer:
             if not hasattr(policy.network, "enable_gradient_checkpointing"):
                 raise ValueError("gradient_checkpointing needs a network with enable_gradient_checkpointing() (diffusers models)")
             policy.network.enable_gradient_checkpointing()
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                                           weight_decay=config.weight_decay, eps=config.adam_epsilon)  # fmt: skip
-        device_type = policy.device.type
-        self.scaler = torch.amp.GradScaler(device_type) if config.mixed_precision == "fp16" else None
-        self.ema = LoraEMA(self.params, config.ema_decay) if config.ema_decay > 0 else None
+        self.ppo = PPOUpdate(policy, self.params, config, self.dist, autocast=self._autocast,
+                             on_step=lambda **info: self._emit("optimizer_step", **info))  # fmt: skip
         self.advantages = AdvantageEstimator(config.advantage_mode, min_count=config.advantage_min_count,
                                              std_floor=config.advantage_std_floor, history=config.reward_history)
         self.stage = 0
-        self.optimizer_steps = 0
         self.history: list[dict] = []
         self.metrics = MetricsWriter(config.output_dir, config.tensorboard, enabled=self.dist.is_main)
         self.resumed_from = self._resume() if config.resume else None
@@ -216,7 +136,7 @@ class SRRLTrainer:
         ran = [h for h in self.history if h["stage"] >= start]
         summary = {
             "stages_run": len(ran), "stage": self.stage, "stages": self.config.stages,
-            "resumed_from": self.resumed_from, "optimizer_steps": self.optimizer_steps,
+            "resumed_from": self.resumed_from, "optimizer_steps": self.ppo.steps,
             "kept_trajectories": sum(h["kept_trajectories"] for h in ran),
             "skipped_updates": sum(1 for h in ran if h["kept_transitions"] == 0),
             "noop_stages": sum(1 for h in ran if h["noop"]),
@@ -234,7 +154,7 @@ class SRRLTrainer:
         return summary
 
     def run_stage(self, stage: int) -> dict:
-        """Sample, score, select and update for stage ``stage``; returns its metrics."""
+        """One stage: sample, score, advantages, select, PPO update, log; returns its metrics."""
         config, dist = self.config, self.dist
         _seed_everything(derive_seed(config.seed, stage, GLOBAL, dist.rank))
         started = time.perf_counter()
@@ -245,16 +165,22 @@ class SRRLTrainer:
         local = len(all_prompts) // dist.world_size
         first = dist.rank * local
         prompts = all_prompts[first : first + local]
+
+        # Sample this process's groups: K reflective rounds, then a rollout that forks into siblings.
         with torch.no_grad():
-            self._cond = self.policy.encode(prompts)
+            cond = self.policy.encode(prompts)
         with self._autocast():
-            rollout = collect_rollout(self.policy, self._cond, prompts, config, stage, first, self._score,
+            rollout = collect_rollout(self.policy, cond, prompts, config, stage, first, self._score,
                                       on_step=lambda: self._emit("model_call", stage=stage))  # fmt: skip
+
+        # Score every sibling; advantages over the whole stage (all processes), then this process's rows.
         rewards = dist.gather(self._score(rollout.final, prompts).float())
         row_prompts = [p for p in all_prompts for _ in range(config.split_time)]
         advantages = self.advantages(rewards, row_prompts, group_size=config.split_time)
         rows = slice(first * config.split_time, (first + local) * config.split_time)
         local_adv = advantages[rows]
+
+        # Select the siblings that train; their stochastic transitions are the PPO samples.
         keep = select_siblings(local_adv.view(local, config.split_time), config.positive_threshold, config.negative_threshold,
                                rewards[rows].view(local, config.split_time), config.min_reward_gap,
                                config.sibling_selection)  # fmt: skip
@@ -270,6 +196,8 @@ class SRRLTrainer:
         }  # fmt: skip
         for k, scores in enumerate(rollout.round_scores):
             metrics[f"round_reward_mean/{k}"] = float(dist.gather(scores.float()).mean())
+
+        # The PPO update: one optimiser step per trajectories_per_update kept trajectories' worth of transitions.
         if kept == 0:
             logger.warning("stage %d kept no trajectory: no group passed selection (%s, thresholds %+g / %+g, reward gap "
                            ">= %g); skipping its update", stage, config.sibling_selection, config.positive_threshold,
@@ -278,13 +206,12 @@ class SRRLTrainer:
             logger.warning("stage %d kept %d trajectories but none of their transitions is stochastic (split step %d); "
                            "skipping its update", stage, kept, split_step)  # fmt: skip
         else:
-            per_trajectory = transitions / kept
-            before = [p.detach().clone() for p in self.params]
-            metrics.update(self._update(samples, stage, shuffle, max(1, round(config.trajectories_per_update * per_trajectory))))
-            metrics["lora_change"] = float(sum((p.detach() - b).float().pow(2).sum() for p, b in zip(self.params, before)) ** 0.5)
+            per_update = max(1, round(config.trajectories_per_update * (transitions / kept)))
+            metrics.update(self.ppo.run(samples, cond, stage, shuffle, per_update))
+
+        # Log.
         metrics["noop"] = metrics.get("lora_change", 0.0) == 0.0
         metrics["seconds"] = time.perf_counter() - started
-        del self._cond
         self.history.append({"stage": stage, **metrics})
         self.metrics.write(stage, metrics)
         self._emit("stage_end", stage=stage, metrics=metrics)
@@ -309,7 +236,7 @@ class SRRLTrainer:
         unet_config = getattr(self.policy.network, "config", None)
         meta = {"srrl_stage": self.stage, "srrl_base_model": self.policy.name, "ss_network_dim": self.config.lora_rank,
                 "ss_network_alpha": self.config.lora_alpha}  # fmt: skip
-        with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
+        with self.ppo.ema.applied() if self.ppo.ema is not None else contextlib.nullcontext():
             return export_lora(self.policy.network, path, key_style=style, unet_config=unet_config, dtype=dtype, metadata=meta)
 
     def save_checkpoint(self) -> str | None:
@@ -318,12 +245,12 @@ class SRRLTrainer:
         if self.dist.is_main:
             state = {
                 "config": self.config.to_dict(), "fingerprint": self.fingerprint, "base_model": self.policy.name,
-                "advantages": self.advantages.state_dict(), "optimizer_steps": self.optimizer_steps,
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None, "history": self.history,
+                "advantages": self.advantages.state_dict(), "optimizer_steps": self.ppo.steps,
+                "scaler": self.ppo.scaler.state_dict() if self.ppo.scaler is not None else None, "history": self.history,
             }  # fmt: skip
             folder = save_checkpoint(
                 self.config.output_dir, self.stage, lora=lora_state_dict(self.policy.network),
-                ema=self._ema_state(), optimizer=self.optimizer.state_dict(), state=state, keep=self.config.keep_checkpoints,
+                ema=self._ema_state(), optimizer=self.ppo.optimizer.state_dict(), state=state, keep=self.config.keep_checkpoints,
             )  # fmt: skip
             self._emit("checkpoint", stage=self.stage, folder=folder)
         self.dist.barrier()
@@ -343,85 +270,6 @@ class SRRLTrainer:
                 scores.append(torch.as_tensor(self.reward(images, row_prompts[start : start + chunk.shape[0]])).float().cpu())
         return torch.cat(scores)
 
-    def _update(self, samples: Transitions, stage: int, generator: torch.Generator, per_update: int) -> dict:
-        """``epochs`` shuffled passes; one optimiser step per ``per_update`` transitions (global)."""
-        config, dist = self.config, self.dist
-        total = int(dist.all_reduce_sum_(torch.tensor([len(samples)], dtype=torch.float64))[0])
-        steps_per_epoch = max(1, math.ceil(total / per_update))
-        sums = {"loss": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0, "kl": 0.0, "ratio": 0.0}
-        grad_norms, seen, stopped = [], 0, False
-        for epoch in range(config.epochs):
-            if stopped:
-                break
-            order = torch.randperm(len(samples), generator=generator)
-            chunks = torch.tensor_split(order, steps_per_epoch)
-            step_sizes = dist.all_reduce_sum_(torch.tensor([float(len(c)) for c in chunks], dtype=torch.float64))
-            for step, chunk in enumerate(chunks):
-                loss_sum = torch.zeros((), dtype=torch.float64)
-                step_kl = 0.0
-                for micro in chunk.split(config.micro_batch_size):
-                    loss, stats = self._micro_batch(samples.take(micro), float(step_sizes[step]))
-                    loss_sum += float(loss.detach()) * float(step_sizes[step])
-                    step_kl += stats["approx_kl"]
-                    for key, value in stats.items():
-                        sums[key] += value
-                seen += int(step_sizes[step])
-                if config.target_kl > 0:
-                    mean_kl = float(dist.all_reduce_sum_(torch.tensor([step_kl], dtype=torch.float64))[0]) / float(step_sizes[step])
-                    if mean_kl > config.target_kl:  # the policy already left the trust region: no step from here
-                        self.optimizer.zero_grad(set_to_none=True)
-                        stopped = True
-                        break
-                grad_norms.append(self._optimizer_step(stage, epoch, step, loss_sum))
-        count = seen
-        out = {f"{k}_mean": float(dist.all_reduce_sum_(torch.tensor([v], dtype=torch.float64))[0]) / count for k, v in sums.items()}
-        if config.kl_coef == 0:
-            del out["kl_mean"]
-        out["grad_norm_mean"] = float(np.mean(grad_norms)) if grad_norms else 0.0
-        out["optimizer_steps"] = len(grad_norms)
-        out["early_stopped"] = int(stopped)
-        return out
-
-    def _micro_batch(self, batch: Transitions, step_total: float) -> tuple[torch.Tensor, dict]:
-        """Forward + backward of one micro-batch; the loss is divided by the step's global transition count."""
-        losses, stats = transition_losses(self.policy, self._cond, batch, self.config, self._autocast)
-        loss = losses.sum() / step_total
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        return loss, stats
-
-    def _optimizer_step(self, stage: int, epoch: int, step: int, loss_sum: torch.Tensor) -> float:
-        """Sum gradients (and the loss, to check it) over processes, clip, step."""
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.flatten().double() for g in grads] + [loss_sum.reshape(1).to(grads[0].device)])
-        flat = self.dist.all_reduce_sum_(flat)
-        if not torch.isfinite(flat[-1]):
-            last = latest_checkpoint(self.config.output_dir)
-            raise TrainingDiverged(
-                f"non-finite loss at stage {stage}, epoch {epoch}, optimiser step {step} of the stage; the last good "
-                f"checkpoint is {last or 'none (no stage completed yet)'}"
-            )
-        offset = 0
-        for p, g in zip(self.params, grads):
-            p.grad = flat[offset : offset + g.numel()].view_as(g).to(p.dtype)
-            offset += g.numel()
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm))
-        if not math.isfinite(norm) and self.scaler is None:  # with fp16 the scaler skips such steps
-            raise TrainingDiverged(f"non-finite gradient norm at stage {stage}, epoch {epoch}, optimiser step {step}; "
-                                   f"the last good checkpoint is {latest_checkpoint(self.config.output_dir)}")
-        self._emit("optimizer_step", stage=stage, epoch=epoch, step=step, grad_norm=norm, loss=float(flat[-1]))
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update()
-        self.optimizer_steps += 1
-        return norm
-
     def _autocast(self):
         if self.config.mixed_precision == "no":
             return contextlib.nullcontext()
@@ -429,9 +277,9 @@ class SRRLTrainer:
         return torch.autocast(self.policy.device.type, dtype=dtype)
 
     def _ema_state(self) -> dict[str, torch.Tensor] | None:
-        if self.ema is None:
+        if self.ppo.ema is None:
             return None
-        with self.ema.applied():
+        with self.ppo.ema.applied():
             return lora_state_dict(self.policy.network)
 
     def _resume(self) -> str | None:
@@ -445,16 +293,16 @@ class SRRLTrainer:
                 f"fingerprint {checkpoint.state['fingerprint']['shapes_sha256'][:12]}) than this one ({self.policy.name!r}, "
                 f"{self.fingerprint['shapes_sha256'][:12]}); use another output_dir or resume=False"
             )
-        if checkpoint.ema is not None and self.ema is not None:
+        if checkpoint.ema is not None and self.ppo.ema is not None:
             load_lora_state_dict(self.policy.network, checkpoint.ema)
-            self.ema.shadow = [p.detach().clone() for p in lora_parameters(self.policy.network)]
+            self.ppo.ema.shadow = [p.detach().clone() for p in lora_parameters(self.policy.network)]
         load_lora_state_dict(self.policy.network, checkpoint.lora)
-        self.optimizer.load_state_dict(checkpoint.optimizer)
-        if self.scaler is not None and checkpoint.state.get("scaler"):
-            self.scaler.load_state_dict(checkpoint.state["scaler"])
+        self.ppo.optimizer.load_state_dict(checkpoint.optimizer)
+        if self.ppo.scaler is not None and checkpoint.state.get("scaler"):
+            self.ppo.scaler.load_state_dict(checkpoint.state["scaler"])
         self.advantages.load_state_dict(checkpoint.state.get("advantages", checkpoint.state.get("normalizer")))
         self.stage = checkpoint.stage
-        self.optimizer_steps = int(checkpoint.state.get("optimizer_steps", 0))
+        self.ppo.steps = int(checkpoint.state.get("optimizer_steps", 0))
         self.history = list(checkpoint.state.get("history", []))
         set_rng_state(*checkpoint.rng)
         logger.info("resumed from %s at stage %d", folder, self.stage)
