@@ -2,14 +2,19 @@
 identity at init, kohya export keys (both namings, checked against ComfyUI's key scheme), bad names."""
 
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from srrl_core.sampling import EpsilonPrediction, ddim_log_prob
+from srrl_core import training
 from srrl_core.training import (
     PolicyModel, TrainConfig, add_lora, build_policy, check_lora_name, clip_advantages, diffusers_to_ldm, export_lora,
-    kohya_state_dict, ppo_clip_loss, remove_lora, select_siblings, take_rows, transition_kl,
+    kohya_state_dict, ppo_clip_loss, register_model, remove_lora, select_siblings, take_rows, transition_kl,
 )  # fmt: skip
 from srrl_core.training.lora import adapters_disabled, lora_layers
 from srrl_core.training.models import tiny_unet
@@ -293,3 +298,23 @@ def test_the_branch_point_skips_deterministic_steps_so_siblings_always_differ():
     with pytest.raises(ValueError, match=r"largest split step \(6\) exceeds the 5 stochastic steps"):
         SRRLTrainer(policy, lambda images, prompts: images.mean(dim=(1, 2, 3)), ["a"],
                     _rollout_config(split_step_start=6, split_step_stride=0, curriculum_period=1))
+
+
+def test_the_training_package_never_imports_the_toy_world():
+    for path in sorted(Path(training.__file__).parent.glob("*.py")):
+        imports = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                   if re.match(r"\s*(from|import)\s", line) and "toyworld" in line]  # fmt: skip
+        assert not imports, f"{path.name} imports the toy world: {imports}"
+
+
+def test_models_register_by_entry_point_and_toy_builds_in_a_fresh_interpreter():
+    code = ("import sys; from srrl_core.training import build_policy; assert 'srrl_core.toyworld' not in sys.modules; "
+            "policy = build_policy('toy', 4); print(policy.name, tuple(policy.latent_shape), policy.steps)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(training.__file__).parents[2], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[0] == "toyworld (3, 32, 32) 4"
+    with pytest.raises(ValueError, match=r"'package.module:function' path, got 'no_colon'"):
+        register_model("broken", "no_colon")
+    with pytest.raises(ValueError, match=r"a callable or a 'package.module:function' path, got 3"):
+        register_model("broken", 3)

@@ -9,13 +9,16 @@ Built in:
   diffusers never reaches for the Hub; or a Flux / SD3 (3.5) pipeline from a local folder (rectified flow,
   LoRA in the transformer: :mod:`srrl_core.adapters.diffusers_transformer`). Any other model class in a folder
   is refused before anything is loaded.
-* ``"toy"``: the toy-world base model shipped in ``srrl_core/toyworld`` (pixel space, no VAE).
+* ``"toy"``: the toy-world base model shipped in ``srrl_core/toyworld`` (pixel space, no VAE), built by
+  :func:`srrl_core.toyworld.policy.build`, named here by its module path so that this package never imports it.
 
-Register more with :func:`register_model`.
+Register more with :func:`register_model`: a builder, or the ``"package.module:function"`` path of one, imported
+when its model is first built.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import zlib
@@ -29,7 +32,7 @@ from ..validation import check_choice, check_int
 from .policy import PolicyModel
 
 ModelBuilder = Callable[..., PolicyModel]  # builder(steps=..., **options) -> PolicyModel
-_BUILDERS: dict[str, ModelBuilder] = {}
+_BUILDERS: dict[str, ModelBuilder | str] = {}  # a builder, or its "package.module:function" path until first use
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # The noise schedule Stable Diffusion 1.x ships with.
@@ -40,10 +43,17 @@ SD_SCHEDULER_CONFIG = {
 }  # fmt: skip
 
 
-def register_model(name: str, builder: ModelBuilder) -> None:
-    """Make ``builder(steps=..., **options)`` available as ``build_policy({"name": name, **options}, steps)``."""
+def register_model(name: str, builder: ModelBuilder | str) -> None:
+    """Make ``builder(steps=..., **options)`` available as ``build_policy({"name": name, **options}, steps)``;
+    ``builder`` may be the path ``"package.module:function"`` of one, imported when the model is first built."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"model name must be an identifier such as 'tiny', got {name!r}")
+    if isinstance(builder, str):
+        module, _, attr = builder.partition(":")
+        if not module or not attr.isidentifier():
+            raise ValueError(f"builder must be a callable or a 'package.module:function' path, got {builder!r}")
+    elif not callable(builder):
+        raise ValueError(f"builder must be a callable or a 'package.module:function' path, got {builder!r}")
     _BUILDERS[name] = builder
 
 
@@ -55,7 +65,11 @@ def build_policy(spec: dict | str, steps: int) -> PolicyModel:
     spec = {"name": spec} if isinstance(spec, str) else dict(spec)
     name = spec.pop("name", "tiny")
     check_choice("model name", name, _BUILDERS)
-    return _BUILDERS[name](steps=steps, **spec)
+    builder = _BUILDERS[name]
+    if isinstance(builder, str):
+        module, _, attr = builder.partition(":")
+        builder = _BUILDERS[name] = getattr(importlib.import_module(module), attr)
+    return builder(steps=steps, **spec)
 
 
 # tiny -----------------------------------------------------------------------------------------------------------
@@ -230,23 +244,6 @@ def _build_flow_transformer(steps, path, torch_dtype, device, resolution, guidan
     )  # fmt: skip
 
 
-# toy ------------------------------------------------------------------------------------------------------------
-
-
-def build_toy(steps: int, device: str = "cpu", weights_dir: str | None = None) -> PolicyModel:
-    from ..toyworld import model as toy
-
-    model = toy.load_toy_model(device=device, weights_dir=weights_dir)
-    denoiser = DiffusersDenoiser(model.unet, model.scheduler_config)
-    size = model.image_size
-    return PolicyModel(
-        network=model.unet, denoiser=denoiser, parametrization=denoiser.parametrization,
-        encode=lambda prompts: TextConditioning(toy.encode_prompts(model, list(prompts))),
-        negative=TextConditioning(toy.negative_embedding(model)), decode=toy.images_from_model,
-        sigmas=ddim_sigmas(model.scheduler_config, steps)[0], latent_shape=(3, size, size), lora_key_style="diffusers", name="toyworld",
-    )  # fmt: skip
-
-
 register_model("tiny", build_tiny)
 register_model("diffusers", build_diffusers)
-register_model("toy", build_toy)
+register_model("toy", "srrl_core.toyworld.policy:build")
