@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from srrl_core.adapters.diffusers_unet import DiffusersDenoiser, TextConditioning  # noqa: E402
 from srrl_core.sampling import BranchNoise, ClassifierFreeGuidance, ddim_sigmas, prior_latent, reflective_sample  # noqa: E402
-from tests.support import SD_SCHEDULER_CONFIG, tiny_unet  # noqa: E402
+from tests.helpers.support import SD_SCHEDULER_CONFIG, tiny_unet  # noqa: E402
 
 
 def sd15_unet():

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.host import hostlib  # noqa: E402
+from tests.helpers import hostlib  # noqa: E402
 
 from srrl_core.sampling import planned_model_calls  # noqa: E402
 

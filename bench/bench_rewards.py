@@ -6,7 +6,7 @@ For each backend that runs locally, on a batch of ``--batch`` images of ``--size
 - reload/call:    one batched call, but the model cache is cleared and the reward rebuilt before it
                   (what reloading the reward model every stage, as the SRRL reference code does, costs).
 Figures are images per second (median of ``--repeats``); "load s" is one cold load. Models are small random
-stand-ins written in the real formats (tests/rewards_support/builders.py): ViT width 256, 4 layers, 224 px
+stand-ins written in the real formats (tests/helpers/rewards/builders.py): ViT width 256, 4 layers, 224 px
 input, patch 32 for the CLIP-like backends; real RapidOCR models for OCR. The VLM judge row talks to the
 local rule-based test server, so it measures the client (PNG encoding, HTTP, parsing), not a VLM.
 Run: ``python bench/bench_rewards.py [--batch 8 --size 512 --repeats 3] [--quick]``.
@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from srrl_core.rewards import clear_model_cache, load_reward  # noqa: E402
-from tests.rewards_support import builders  # noqa: E402
-from tests.rewards_support.judge_server import JudgeServer  # noqa: E402
+from tests.helpers.rewards import builders  # noqa: E402
+from tests.helpers.rewards.judge_server import JudgeServer  # noqa: E402
 
 SIZE = dict(width=256, layers=4, image_size=224, patch_size=32, embed_dim=128)
 

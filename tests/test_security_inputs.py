@@ -15,7 +15,7 @@ from srrl_core.sampling.noise import BranchNoise, wrap_seed
 from srrl_core.training import check_lora_name
 from srrl_core.training.export import TEMP_SUFFIX, remove_stale_temp_files, save_safetensors_atomic
 from srrl_core.training.lora import add_lora, load_lora_state_dict, lora_state_dict
-from tests.support import load_pack
+from tests.helpers.support import load_pack
 
 _nodes = load_pack("srrl_pack_security_tests").nodes
 inputs, lora_trainer = _nodes.inputs, _nodes.lora_trainer

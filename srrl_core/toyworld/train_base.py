@@ -178,7 +178,7 @@ REFERENCE = dict(split="heldout", n=16, prompt_seed=4242, seed=EVAL_SEED, steps=
 
 
 def reference_measurement(model: ToyModel) -> dict:
-    """The cheap, fixed measurement that tests/test_toyworld.py repeats against the shipped weights."""
+    """The cheap, fixed measurement that tests/toyworld/test_toyworld.py repeats against the shipped weights."""
     prompts = S.sample_prompts(REFERENCE["split"], REFERENCE["n"], REFERENCE["prompt_seed"])
     r = measure_compliance(model, prompts, seed=REFERENCE["seed"], steps=REFERENCE["steps"], cfg=REFERENCE["cfg"])
     return {"settings": dict(REFERENCE), "compliance": r["compliance"], "score": r["score"], "compliant": r["compliant"]}

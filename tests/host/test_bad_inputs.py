@@ -16,10 +16,10 @@ import urllib.request
 import pytest
 
 from srrl_core.headless.errors import ExecutionError, WorkflowError
-from tests.host import hostlib
-from tests.rewards_support.judge_server import JudgeServer
+from tests.helpers import hostlib
+from tests.helpers.rewards.judge_server import JudgeServer
 
-from .hostlib import TINY_CKPT_NAME
+from tests.helpers.hostlib import TINY_CKPT_NAME
 
 KEY_VAR, KEY = "SRRL_BADINPUT_API_KEY", "sk-proj-BADINPUTSECRET123"
 PREFIX = "srrl_badinput_"  # files this test puts into the host's folders, removed afterwards

@@ -14,7 +14,7 @@ import urllib.parse
 import pytest
 
 from srrl_core import headless as client
-from tests.host import hostlib
+from tests.helpers import hostlib
 
 
 def _png(path):

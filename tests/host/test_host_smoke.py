@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tests.host import hostlib
+from tests.helpers import hostlib
 
 
 def _png_size(path):

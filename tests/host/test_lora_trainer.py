@@ -15,7 +15,7 @@ from PIL import Image
 
 from srrl_core.rewards.base import Reward
 
-from .hostlib import TINY_CKPT_NAME, watch_prompt
+from tests.helpers.hostlib import TINY_CKPT_NAME, watch_prompt
 
 
 class Brightness(Reward):

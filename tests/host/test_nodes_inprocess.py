@@ -5,28 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from srrl_core.rewards.base import Reward
-
-STEPS = 6
-
-
-class Brightness(Reward):
-    name = "brightness"
-
-    def _score(self, images, prompts):
-        return images.mean(dim=(1, 2, 3))
+from tests.helpers.nodes import STEPS, Brightness, sampler_args
 
 
 @pytest.fixture(scope="module")
 def host(comfy_inprocess):
     pack = comfy_inprocess.load_pack()
     return comfy_inprocess, pack, comfy_inprocess.nodes()
-
-
-def sampler_args(**override):
-    args = dict(seed=5, steps=STEPS, cfg=3.0, scheduler="normal", rounds=0, branches=1, renoise_strength=1.0,
-                inversion_cfg=0.1, selection="last", temperature=1.0, eta=0.0, early_stop=False, stop_at=0.9)
-    return args | override
 
 
 def test_zero_rounds_matches_the_stock_ksampler(host):

@@ -15,8 +15,8 @@ from PIL import Image
 
 from srrl_core.sampling import planned_model_calls
 
-from .hostlib import TINY_CKPT_NAME, watch_prompt
-from .test_nodes_inprocess import sampler_args
+from tests.helpers.hostlib import TINY_CKPT_NAME, watch_prompt
+from tests.helpers.nodes import sampler_args
 
 STEPS = 3
 

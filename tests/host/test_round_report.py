@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from .test_nodes_inprocess import Brightness, sampler_args
+from tests.helpers.nodes import Brightness, sampler_args
 
 
 @pytest.fixture(scope="module")

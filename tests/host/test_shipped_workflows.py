@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from .hostlib import REPO, TINY_CKPT_NAME
-from .workflow_format import normalise, ui_to_api
+from tests.helpers.hostlib import REPO, TINY_CKPT_NAME
+from tests.helpers.workflow_format import normalise, ui_to_api
 
 WORKFLOWS = REPO / "workflows"
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
@@ -83,7 +83,7 @@ def test_every_node_of_the_pack_is_in_a_shipped_workflow(comfy_server):
     pack = {name for name, info in object_info.items() if info.get("category") == "SRRL"}
     deprecated = {name for name in pack if "deprecated" in object_info[name]["display_name"].lower()}
     used = {node["class_type"] for path in API_FILES for node in load(path).values()}
-    # the per-family reward loaders other than the ones shipped are covered by tests/test_rewards_nodes.py
+    # the per-family reward loaders other than the ones shipped are covered by tests/rewards/test_nodes.py
     core = {"SRRLReflectiveSampler", "SRRLRenoiseGuide", "SRRLRewardScorer", "SRRLLoRATrainer"}
     assert core <= pack and core <= used, core - used
     assert any(name.startswith("SRRLReward") and name not in deprecated and name != "SRRLRewardScorer" for name in used)

@@ -20,7 +20,7 @@ from srrl_core.sampling import (
     prior_latent,
     sample,
 )
-from tests.support import SD_SCHEDULER_CONFIG, tiny_unet
+from tests.helpers.support import SD_SCHEDULER_CONFIG, tiny_unet
 
 TOL = 1e-5
 STEPS = 20

@@ -1,4 +1,5 @@
-"""Fixtures for tests that need a real ComfyUI host (see hostlib.py for the environment variables).
+"""Fixtures of the whole suite. The host fixtures are for tests that need a real ComfyUI host (tests/host; see
+tests/helpers/hostlib.py for the environment variables); a test that asks for one skips when the host is absent.
 
   comfy_host_dir     session: the host directory; skips (or fails under SRRL_REQUIRE_HOST=1) when absent
   comfy_prepared     session: (host dir, tiny checkpoint path, pack symlink) - checkpoint built once into
@@ -9,10 +10,12 @@
   comfy_inprocess    session: the host imported in this process with the tiny checkpoint loaded by
                      comfy.sd.load_checkpoint_guess_config (hostlib.InProcessHost; `model, clip, vae = ...`)
   headless           the srrl_core.headless package (the headless client)
-  stock_workflow     a fresh copy of tests/fixtures/stock_sd15_api.json (API format)
+  stock_workflow     a fresh copy of tests/helpers/fixtures/stock_sd15_api.json (API format)
 
-Install the host with tests/host/install_host.sh (see docs/headless.md and that script).
+Helper code lives in the tests.helpers package. Install the host with tests/host/install_host.sh (see
+docs/headless.md and that script).
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,7 +23,7 @@ import json
 
 import pytest
 
-from tests.host import hostlib
+from tests.helpers import hostlib
 
 
 def _host_or_skip():

@@ -20,29 +20,7 @@ from srrl_core.sampling import (
     renoise,
     sample,
 )
-from tests.support import GaussianDenoiser
-
-
-class RawOutputModel:
-    """Presents the analytic x0 as a network would: the raw output of each parametrisation, written out here
-    independently of srrl_core so that ``Parametrization.denoised`` is checked, not assumed."""
-
-    def __init__(self, parametrization):
-        self.parametrization = parametrization
-        self.oracle = GaussianDenoiser(parametrization)
-
-    def __call__(self, x, sigma, cond):
-        x0 = self.oracle(x, sigma, cond)
-        s = sigma.reshape(-1, 1, 1, 1)
-        kind = self.parametrization.prediction_type
-        if kind == "epsilon":
-            raw = (x - x0) / s
-        elif kind == "v_prediction":  # v = a*eps - b*x0 in the VP frame, a = 1/sqrt(1+s^2), b = s/sqrt(1+s^2)
-            a, b = 1 / (1 + s**2).sqrt(), s / (1 + s**2).sqrt()
-            raw = a * (x - x0) / s - b * x0
-        else:  # flow velocity u = eps - x0, x = (1-s) x0 + s eps
-            raw = (x - (1 - s) * x0) / s - x0
-        return self.parametrization.denoised(raw, x, s)
+from tests.helpers.support import GaussianDenoiser, RawOutputModel
 
 
 def schedule_for(param, steps):

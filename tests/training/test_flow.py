@@ -26,8 +26,8 @@ from srrl_core.sampling import ClassifierFreeGuidance, prior_latent, sample
 from srrl_core.training import build_policy
 from srrl_core.training.export import export_lora
 from srrl_core.training.lora import add_lora, lora_layers, remove_lora, target_pattern
+from tests.helpers.support import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIP_VOCAB = 514  # two specials + the 256 byte symbols, alone and word-final
 
 
@@ -264,7 +264,7 @@ print(json.dumps({"modules": len(prefixes), "patches": len(patches), "unmapped":
 def comfy_host():
     """A ComfyUI checkout whose LoRA code knows Flux and SD3; resolved before ``trained`` (listed first) so a
     missing host skips without training."""
-    from tests.host.hostlib import host_dir
+    from tests.helpers.hostlib import host_dir
 
     root = host_dir()
     model_base = root / "comfy" / "model_base.py"

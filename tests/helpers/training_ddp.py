@@ -1,4 +1,4 @@
-"""Shared by test_training_ddp.py and its worker processes: one SRRL stage on the tiny model."""
+"""Shared by tests/training/test_ddp.py and its worker processes: one SRRL stage on the tiny model."""
 
 import torch
 

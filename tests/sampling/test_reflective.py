@@ -13,7 +13,7 @@ from srrl_core.sampling import (
     reflective_sample,
     sample,
 )
-from tests.support import GaussianDenoiser
+from tests.helpers.support import GaussianDenoiser
 
 SIGMAS = karras_sigmas(0.03, 15.0, 12)
 

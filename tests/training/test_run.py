@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from srrl_core.training import SRRLTrainer, TrainConfig, TrainingDiverged, build_policy, lora_state_dict, sample_rewards
 from srrl_core.training.checkpoint import latest_checkpoint
+from tests.helpers.support import REPO
 
 PROMPTS = ["a red cube", "a blue sphere", "a green cone"]
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Helpers behind tests/host/conftest.py: find the ComfyUI host, prepare it, run it, import it in-process.
+"""Helpers behind the host fixtures of tests/conftest.py: find the ComfyUI host, prepare it, run it, import it in-process.
 
 Nothing here imports ComfyUI at module import time.
 
@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from srrl_core import headless
-from tests.support import load_module_from_path
+from tests.helpers.support import REPO, load_module_from_path
 
-REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PACK_LINK_NAME = "ComfyUI-SRRL"
 TINY_CKPT_NAME = "srrl_tiny_sd15.safetensors"
-STOCK_WORKFLOW = REPO / "tests" / "fixtures" / "stock_sd15_api.json"
+STOCK_WORKFLOW = FIXTURES / "stock_sd15_api.json"
 INSTALL_HINT = "install it with: tests/host/install_host.sh {dir}  (or point SRRL_COMFYUI_DIR at an installed host)"
 
 # Top-level module names of the host that must come from the host directory when imported in-process.
@@ -65,7 +65,7 @@ def check_host(path: Path | None = None) -> Path:
 
 
 def tiny_sd15_module():
-    return load_module_from_path("srrl_fixture_tiny_sd15", REPO / "tests" / "fixtures" / "tiny_sd15.py")
+    return load_module_from_path("srrl_fixture_tiny_sd15", FIXTURES / "tiny_sd15.py")
 
 
 # --- host preparation -----------------------------------------------------------------------------------
@@ -430,8 +430,8 @@ class InProcessHost:
         return [[cond, {"pooled_output": pooled}]]
 
     def load_pack(self, module_name: str = PACK_LINK_NAME):
-        """Import this checkout as a custom-node package the way ComfyUI does (tests.support.load_pack)."""
-        from tests.support import load_pack
+        """Import this checkout as a custom-node package the way ComfyUI does (tests.helpers.support.load_pack)."""
+        from tests.helpers.support import load_pack
 
         return load_pack(module_name)
 

@@ -39,7 +39,7 @@ from srrl_core.sampling import (
 )
 from srrl_core.sampling.ddim import transition_std
 from srrl_core.training.models import SD_SCHEDULER_CONFIG
-from tests.test_sampling_analytic import RawOutputModel
+from tests.helpers.support import RawOutputModel
 
 MU, DATA_STD = 0.7, 0.5
 CHAINS, SHAPE = 20000, (1, 2, 2)  # 80000 independent elements: every element is its own 1-D chain

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.rewards_support import blip_reference, builders
+from tests.helpers.rewards import blip_reference, builders
 from srrl_core.rewards import load_reward
 from srrl_core.rewards.preprocess import CLIP_MEAN, CLIP_STD, clip_pixels
 

@@ -1,7 +1,8 @@
-"""One process of the two-process (gloo, CPU) gradient-synchronisation test in test_training_ddp.py.
+"""One process of the two-process (gloo, CPU) gradient-synchronisation test in tests/training/test_ddp.py.
 
-Run with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT set; argv: OUT_DIR. Trains one stage of the
-tiny model with accelerate and writes this rank's LoRA and synchronised gradients to OUT_DIR/rank<r>.safetensors.
+Run from the repository root as ``python -m tests.helpers.training_ddp_worker OUT_DIR`` with RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT set. Trains one stage of the tiny model with accelerate and writes this rank's
+LoRA and synchronised gradients to OUT_DIR/rank<r>.safetensors.
 """
 
 import os
@@ -9,9 +10,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tests.training_ddp_support import ddp_config, run_one_stage  # noqa: E402
+from tests.helpers.training_ddp import ddp_config, run_one_stage
 
 
 def main(out_dir: str) -> None:

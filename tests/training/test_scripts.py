@@ -10,8 +10,7 @@ import torch
 
 from srrl_core.train import load_config_file, read_prompts
 from srrl_core.training import TrainConfig
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers.support import REPO
 
 
 def test_gpu_sd15_benchmark_runs_its_code_path_with_a_tiny_unet(capsys):

@@ -8,9 +8,8 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from tests.training_ddp_support import ddp_config, run_one_stage
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers.support import REPO
+from tests.helpers.training_ddp import ddp_config, run_one_stage
 
 
 def free_port() -> int:
@@ -29,7 +28,7 @@ def test_two_processes_synchronise_gradients_like_one_process_on_the_whole_batch
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}  # fmt: skip
-        workers.append(subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "training_ddp_worker.py"), str(tmp_path)],
+        workers.append(subprocess.Popen([sys.executable, "-m", "tests.helpers.training_ddp_worker", str(tmp_path)],
                                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

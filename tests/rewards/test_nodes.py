@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from tests.rewards_support import builders, fake_folder_paths
-from tests.rewards_support.judge_server import JudgeServer
-from tests.support import load_pack
+from tests.helpers.rewards import builders, fake_folder_paths
+from tests.helpers.rewards.judge_server import JudgeServer
+from tests.helpers.support import load_pack
 
 _nodes = load_pack("srrl_pack_unit_tests").nodes  # as ComfyUI loads the pack: no top-level `nodes` module
 names, reward_loader, reward_scorer = _nodes.names, _nodes.reward_loader, _nodes.reward_scorer

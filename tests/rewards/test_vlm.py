@@ -11,7 +11,7 @@ import torch
 from srrl_core.rewards import load_reward
 from srrl_core.rewards.chat_client import chat_completions_url, endpoint_allowed
 from srrl_core.rewards.vlm_judge import VLMJudgeError, parse_answer, yes_probability
-from tests.rewards_support.judge_server import JudgeServer
+from tests.helpers.rewards.judge_server import JudgeServer
 
 
 @pytest.fixture(scope="module")
