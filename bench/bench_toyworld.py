@@ -61,6 +61,19 @@ class CountedPolicy:
         return rows
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["lora_conv=true", "learning_rate=1e-3"]`` -> {key: TOML value}."""
+    import tomllib
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+    return out
+
+
 def ddpo_config(srrl: TrainConfig, out: str) -> TrainConfig:
     """DDPO in the same trainer at SRRL's sampled-image budget: no reflection, one trajectory per group (no
     branching, so every step from the start is trained), every sample kept with its per-prompt advantage."""
@@ -88,6 +101,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="seconds-sized smoke run: 6 prompts, 1 seed, 1 stage")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", default="bench/results/toyworld")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a [training] key of the recipe, the value in TOML (e.g. lora_conv=true); repeatable")
+    parser.add_argument("--plain-only", action="store_true", help="skip the '+ reflect K=1' evaluation of trained LoRAs")
+    parser.add_argument("--noise-seed", type=int, default=0,
+                        help="held-out noise-seed block (0: the documented table; screen recipes on another block)")
     args = parser.parse_args()
     if args.quick:
         args.prompts, args.seeds, args.stages = 6, args.seeds[:1], 1
@@ -98,8 +116,9 @@ def main() -> None:
     recipe = {**data["training"], "progress": False, "resume": False, "tensorboard": False}
     if args.stages:
         recipe["stages"] = args.stages
+    recipe.update(parse_overrides(args.overrides))
     train_prompts = read_prompts(data, str(RECIPE.parent))
-    prompts, seeds = heldout_set(args.prompts, 4)
+    prompts, seeds = heldout_set(args.prompts, 4, noise_seed=args.noise_seed)
     steps, scale = recipe["steps"], recipe["rollout_scale"]
     counted = CountedPolicy(steps)
     results: list[dict] = []
@@ -120,8 +139,9 @@ def main() -> None:
         evaluation = evaluate(counted.policy, prompts, seeds, scale=scale, **kwargs)
         return evaluation, counted.take()["sampling"] // (2 * evaluation.compliant.numel())
 
-    print(f"held-out: {len(prompts)} prompts x {len(seeds)} seeds = {len(prompts) * len(seeds)} pairs; "
-          f"recipe {RECIPE.name}, {recipe['stages']} stages; training seeds {args.seeds}", flush=True)
+    print(f"held-out: {len(prompts)} prompts x {len(seeds)} seeds = {len(prompts) * len(seeds)} pairs (noise seeds "
+          f"{seeds[0]}..{seeds[-1]}); recipe {RECIPE.name}, {recipe['stages']} stages, overrides {args.overrides}; "
+          f"training seeds {args.seeds}", flush=True)
     print(HEADER, flush=True)
     base, calls = judge()
     record("base", base, calls_per_sample=calls)
@@ -154,7 +174,7 @@ def main() -> None:
         srrl = TrainConfig.from_dict({**recipe, "seed": recipe.get("seed", 300) + seed,
                                       "output_dir": os.path.join(args.out, f"srrl-{seed}")})  # fmt: skip
         if "srrl" in args.methods:
-            train(f"SRRL seed {seed}", srrl, reflect_after=True)
+            train(f"SRRL seed {seed}", srrl, reflect_after=not args.plain_only)
         if "ddpo" in args.methods:
             train(f"DDPO seed {seed}", ddpo_config(srrl, os.path.join(args.out, f"ddpo-{seed}")))
         if "control" in args.methods and seed == args.seeds[0]:

@@ -16,6 +16,7 @@ Images <-> model space: ``x = 2 * image - 1`` with the channel axis first; ``ima
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -104,14 +105,21 @@ def save_toy_model(model: ToyModel, out_dir: str | Path, info: dict | None = Non
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, fill: Callable[[Path], None]) -> None:
+        part = out / f".{name}.part"  # written whole, then renamed: a crash never leaves half a file
+        fill(part)
+        os.replace(part, out / name)
+
     for name, module in (("unet", model.unet), ("text_encoder", model.text_encoder)):
         state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in module.state_dict().items()}
-        save_file(state, str(out / f"{name}.safetensors"))
-    (out / "unet_config.json").write_text(json.dumps(UNET_CONFIG, indent=2) + "\n")
-    (out / "text_encoder_config.json").write_text(json.dumps(TEXT_ENCODER_CONFIG, indent=2) + "\n")
-    (out / "scheduler_config.json").write_text(json.dumps(model.scheduler_config, indent=2) + "\n")
+        write(f"{name}.safetensors", lambda path, state=state: save_file(state, str(path)))
+    texts = {"unet_config.json": UNET_CONFIG, "text_encoder_config.json": TEXT_ENCODER_CONFIG,
+             "scheduler_config.json": model.scheduler_config}
     if info is not None:
-        (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+        texts["training.json"] = info
+    for name, value in texts.items():
+        write(name, lambda path, value=value: path.write_text(json.dumps(value, indent=2) + "\n"))
     return out
 
 

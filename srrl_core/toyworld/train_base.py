@@ -38,12 +38,42 @@ EVAL_SEED = 1234  # initial-noise seeds for the recorded measurements: EVAL_SEED
 EVAL_PROMPT_SEED = 777  # prompt seeds for the recorded measurements
 
 
-def batch_stream(seed: int, batch_size: int, violation_rate: float, size: int = 32):
-    """Endless (images [B, 3, H, W] in [-1, 1], prompts) batches of training-split scenes."""
+def batch_stream(seed: int, batch_size: int, violation_rate: float, size: int = 32,
+                 family_weights: dict[str, float] | None = None):
+    """Endless (images [B, 3, H, W] in [-1, 1], prompts) batches of training-split scenes.
+
+    ``family_weights`` (family -> relative weight) skews the family mix; None draws families uniformly.
+    """
     rng = np.random.default_rng(seed)
+    probs = None
+    if family_weights is not None:
+        weights = np.array([family_weights.get(f, 0.0) for f in S.FAMILIES], dtype=float)
+        probs = weights / weights.sum()
     while True:
-        scenes = [S.sample_scene(rng, None, "train", None, violation_rate) for _ in range(batch_size)]
+        families = [None] * batch_size if probs is None else list(rng.choice(S.FAMILIES, size=batch_size, p=probs))
+        scenes = [S.sample_scene(rng, f, "train", None, violation_rate) for f in families]
         yield images_to_model(S.render_batch(scenes, size)), [s.prompt for s in scenes]
+
+
+def parse_family_weights(text: str | None) -> dict[str, float] | None:
+    """``"balance=1,shadow=2,water=1.5"`` -> {family: weight}; None or "" -> None (uniform)."""
+    if not text:
+        return None
+    weights = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in S.FAMILIES:
+            raise ValueError(f"family_weights: unknown family {name!r}; valid: {', '.join(S.FAMILIES)}")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(f"family_weights: weight of {name!r} must be a number >= 0, got {value!r}") from None
+        if not weights[name] >= 0:
+            raise ValueError(f"family_weights: weight of {name!r} must be a number >= 0, got {value!r}")
+    if sum(weights.values()) <= 0:
+        raise ValueError("family_weights: at least one weight must be > 0")
+    return weights
 
 
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -60,11 +90,23 @@ def train(out: str | Path, *, steps: int | None = DEFAULT_STEPS, minutes: float 
           violation_rate: float = 0.4, batch_size: int = 32, lr: float = 1e-3, text_lr: float | None = None,
           warmup: int = 100, ema_decay: float = 0.995, cfg_dropout: float = 0.1, min_snr_gamma: float = 5.0,
           eval_n: int = 96, eval_steps: int = 20, eval_cfg: float = 4.0, device: str = "cpu", log_every: int = 25,
-          threads: int | None = 1) -> dict:
+          threads: int | None = 1, init_from: str | Path | None = None,
+          family_weights: dict[str, float] | None = None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model = new_toy_model(seed)
+    prior: dict = {}
+    if init_from is not None:
+        from .model import load_toy_model
+
+        # Continue from saved (EMA, fp16) weights with a fresh optimiser and schedule: the data stream is
+        # endless, so a continuation is more training on new scenes, not a repeat of the old ones.
+        model = load_toy_model(weights_dir=init_from)
+        model.unet.requires_grad_(True)
+        model.text_encoder.requires_grad_(True)
+        prior = model.info.get("recipe", {})
+    else:
+        model = new_toy_model(seed)
     unet, text_encoder = model.unet.to(device).train(), model.text_encoder.to(device).train()
     ema = {name: copy.deepcopy(m).requires_grad_(False).eval() for name, m in (("unet", unet), ("text_encoder", text_encoder))}
     from diffusers import DDIMScheduler
@@ -77,7 +119,7 @@ def train(out: str | Path, *, steps: int | None = DEFAULT_STEPS, minutes: float 
               {"params": list(text_encoder.parameters()), "lr": text_lr if text_lr is not None else lr}]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
     peaks = [g["lr"] for g in opt.param_groups]
-    data = batch_stream(seed + 100, batch_size, violation_rate)
+    data = batch_stream(seed + 100, batch_size, violation_rate, family_weights=family_weights)
     gen = torch.Generator().manual_seed(seed + 200)
     if steps is None and minutes is None:
         raise ValueError("steps or minutes must be given (steps >= 1, or minutes > 0)")
@@ -134,9 +176,13 @@ def train(out: str | Path, *, steps: int | None = DEFAULT_STEPS, minutes: float 
             "seed": seed, "steps": step, "batch_size": batch_size, "lr": lr, "text_lr": text_lr if text_lr is not None else lr,
             "warmup": warmup, "schedule": "linear warmup then cosine to 10%", "optimizer": "AdamW(betas=(0.9, 0.99), wd=0.01)",
             "grad_clip": 1.0, "ema_decay": ema_decay, "cfg_dropout": cfg_dropout, "min_snr_gamma": min_snr_gamma,
-            "violation_rate": violation_rate, "data": "endless training-split scenes, 32x32, families uniform",
+            "violation_rate": violation_rate,
+            "data": "endless training-split scenes, 32x32, families "
+                    + ("uniform" if family_weights is None else json.dumps(family_weights)),
             "loss": "epsilon MSE, min-SNR weighted", "saved": "EMA weights, fp16",
+            **({"continued_from": prior} if init_from is not None else {}),
         },
+        "total_steps": step + _total_steps(prior),
         "unet_config": UNET_CONFIG, "text_encoder_config": TEXT_ENCODER_CONFIG, "scheduler_config": SCHEDULER_CONFIG,
         "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1), "threads": threads, "device": device,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__,
@@ -152,6 +198,13 @@ def train(out: str | Path, *, steps: int | None = DEFAULT_STEPS, minutes: float 
         info["test_reference"] = reference_measurement(reloaded)
         (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def _total_steps(recipe: dict) -> int:
+    """Optimiser steps behind a saved recipe, following its chain of continuations."""
+    if not recipe:
+        return 0
+    return int(recipe.get("steps", 0)) + _total_steps(recipe.get("continued_from", {}))
 
 
 def evaluate(model: ToyModel, *, n: int = 96, steps: int = 20, cfg: float = 4.0) -> dict:
@@ -206,13 +259,19 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--init-from", default=None,
+                        help="continue from the weights in this folder (e.g. srrl_core/toyworld/weights) instead of a random init")
+    parser.add_argument("--family-weights", default=None,
+                        help='relative weight of each family in the data, e.g. "balance=1,shadow=2,water=1.5" (default uniform)')
     args = parser.parse_args(argv)
+    family_weights = parse_family_weights(args.family_weights)
     steps = args.steps if args.steps is not None else (None if args.minutes is not None else DEFAULT_STEPS)
     train(args.out, steps=steps, minutes=args.minutes, seed=args.seed,
           violation_rate=args.violation_rate, batch_size=args.batch_size, lr=args.lr, text_lr=args.text_lr,
           warmup=args.warmup, ema_decay=args.ema_decay, cfg_dropout=args.cfg_dropout, min_snr_gamma=args.min_snr_gamma,
           eval_n=args.eval_n, eval_steps=args.eval_steps, eval_cfg=args.eval_cfg, device=args.device,
-          threads=args.threads or None, log_every=args.log_every)
+          threads=args.threads or None, log_every=args.log_every, init_from=args.init_from,
+          family_weights=family_weights)
 
 
 if __name__ == "__main__":

@@ -275,3 +275,30 @@ def test_train_base_smoke(tmp_path):
     model = load_toy_model(weights_dir=tmp_path)
     assert model.unet.config.sample_size == 32
     assert json.loads((tmp_path / "scheduler_config.json").read_text())["num_train_timesteps"] == 1000
+
+
+def test_train_base_continues_from_saved_weights(tmp_path):
+    """A continuation starts from the saved weights (its first loss is a trained model's, not a random one's) and
+    records the chain, so training.json counts every optimiser step behind the weights."""
+    from srrl_core.toyworld.train_base import train
+
+    first = train(tmp_path / "a", steps=2, batch_size=4, eval_n=0, log_every=1, warmup=2)
+    second = train(tmp_path / "b", steps=3, batch_size=4, eval_n=0, log_every=1, warmup=2, init_from=tmp_path / "a",
+                   family_weights={"balance": 0.0, "shadow": 1.0, "water": 0.0})  # fmt: skip
+    assert second["recipe"]["continued_from"] == first["recipe"]
+    assert second["total_steps"] == 5 and first["total_steps"] == 2
+    assert '"shadow": 1.0' in second["recipe"]["data"]
+    assert not any(p.name.endswith(".part") for p in (tmp_path / "b").iterdir())
+
+
+def test_family_weights_parse_and_refuse():
+    from srrl_core.toyworld.train_base import batch_stream, parse_family_weights
+
+    assert parse_family_weights("balance=1, shadow=2") == {"balance": 1.0, "shadow": 2.0}
+    assert parse_family_weights("") is None
+    for bad, named in (("gravity=1", "unknown family 'gravity'"), ("shadow=-1", "must be a number >= 0"),
+                       ("shadow=x", "must be a number >= 0"), ("shadow=0", "at least one weight")):
+        with pytest.raises(ValueError, match=named):
+            parse_family_weights(bad)
+    _, prompts = next(batch_stream(0, 8, 0.4, family_weights={"water": 1.0}))
+    assert {S.prompt_family(p) for p in prompts} == {"water"}, prompts
