@@ -14,10 +14,15 @@ from srrl_core.training.curves import render_curves
 from srrl_core.training.export import remove_stale_temp_files
 
 from . import names
-from .comfy_policy import policy_from_host, trainable
+from .comfy_policy import LORA_TARGETS, host_architecture, lora_targets_for, parse_lora_targets, policy_from_host, trainable
 from .inputs import check_widgets
 
 NO_FILE = "none"
+_TARGETS_TOOLTIP = (
+    "Layers that get a LoRA: comma-separated suffixes of ComfyUI's module names ('*' = one name component). Empty: "
+    "the model's default — SD UNets: " + ", ".join(LORA_TARGETS["unet"]) + "; Flux: " + ", ".join(LORA_TARGETS["flux"])
+    + "; SD3: " + ", ".join(LORA_TARGETS["sd3"]) + " (attn2 where the model has it). Each suffix must match a layer."
+)
 PREVIEW_SIZE = 512  # px, the largest side of a stage preview on the canvas
 
 
@@ -29,7 +34,8 @@ class LoRATrainer:
     DESCRIPTION = (
         "Trains a LoRA with SRRL: reflective rounds, branched stochastic rollouts, reward-normalised best/worst "
         "selection and PPO updates (arXiv 2505.22407). The canvas shows each stage's best sample as it finishes. "
-        "Cancel stops after the current update and still saves the LoRA."
+        "Cancel stops after the current update and still saves the LoRA. Tested on SD1.x (eps, and patched to flow by "
+        "ModelSamplingSD3), Flux and SD3 (flow); SDXL and v-prediction models take the same path untested."
     )
     CATEGORY = names.CATEGORY
     FUNCTION = "train"
@@ -48,7 +54,7 @@ class LoRATrainer:
 
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The model to train (SD1.x or SDXL); other patches on it are kept."}),
+                "model": ("MODEL", {"tooltip": "The model to train. Tested: SD1.x (eps; also patched to flow by ModelSamplingSD3), Flux and SD3 (flow, rectified-flow schedule from the model's own sampling). SDXL and v-prediction models (SD2) run the same path but are untested. Other patches on it are kept."}),
                 "clip": ("CLIP", {"tooltip": "Encodes the training prompts."}),
                 "vae": ("VAE", {"tooltip": "Decodes samples for the reward."}),
                 "reward": (names.REWARD, {"tooltip": "Judges the decoded samples (an SRRL Reward loader)."}),
@@ -66,25 +72,28 @@ class LoRATrainer:
                 "rollout_cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": "CFG of the recorded rollout and the update."}),
                 "inversion_cfg": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 30.0, "step": 0.05, "tooltip": "CFG w_b of the condition-guided forward process."}),
                 "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1e-2, "step": 1e-5, "round": 1e-7, "tooltip": "AdamW learning rate."}),
-                "lora_rank": ("INT", {"default": 4, "min": 1, "max": 128, "tooltip": "LoRA rank on every attention projection."}),
+                "lora_rank": ("INT", {"default": 4, "min": 1, "max": 128, "tooltip": "LoRA rank of every adapted layer (see lora_targets)."}),
                 "lora_alpha": ("FLOAT", {"default": 4.0, "min": 0.1, "max": 256.0, "step": 0.1, "tooltip": "LoRA alpha (scale = alpha / rank)."}),
                 "seed": ("INT", {"default": 300, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Base seed: every random stream of stage n (prompts, noise, shuffling) derives from (seed, n); the same seed replays the run."}),
                 "resume": ("BOOLEAN", {"default": True, "tooltip": "Continue the run of the same lora_name from its last checkpoint."}),
             },
             "optional": {
                 "prompts_file": (_prompt_files(), {"tooltip": "A .txt file in the input folder, one prompt per line."}),
+                "lora_targets": ("STRING", {"default": "", "tooltip": _TARGETS_TOOLTIP}),
             },
         }
 
     def train(self, model, clip, vae, reward, prompts, lora_name, width, height, stages, prompts_per_stage, steps,
               scheduler, split_time, max_rounds, reflection_cfg, rollout_cfg, inversion_cfg, learning_rate,
-              lora_rank, lora_alpha, seed, resume, prompts_file=NO_FILE):  # fmt: skip
+              lora_rank, lora_alpha, seed, resume, prompts_file=NO_FILE, lora_targets=""):  # fmt: skip
         import comfy.model_management
         import comfy.sd
         import comfy.utils
         import folder_paths
 
         check_widgets(LoRATrainer, locals())  # NaN / inf / out-of-range numbers, before any work
+        arch = host_architecture(model)  # an unsupported model is refused here, naming its class
+        targets = lora_targets_for(arch, model.model.diffusion_model, parse_lora_targets(lora_targets))
         lora_name = check_lora_name(lora_name)  # "x.safetensors" is the same name as "x"
         prompt_list = _read_prompts(prompts, prompts_file)
         run_dir = os.path.join(folder_paths.get_output_directory(), "srrl_training", lora_name)
@@ -108,8 +117,10 @@ class LoRATrainer:
         lora_path = os.path.join(folder_paths.get_folder_paths("loras")[0], f"{lora_name}.safetensors")
         remove_stale_temp_files(os.path.dirname(lora_path))  # left by a save killed midway (older versions)
         patched = model.clone()
-        with trainable(patched):
-            policy = policy_from_host(patched, clip, vae, width, height, scheduler, steps, name=_model_name(patched))
+        # DiTs (Flux, SD3) train with gradient checkpointing, trading compute for activation memory; UNets without.
+        with trainable(patched, gradient_checkpointing=arch.is_dit):
+            policy = policy_from_host(patched, clip, vae, width, height, scheduler, steps, name=_model_name(patched),
+                                      lora_targets=targets)  # fmt: skip
             trainer = SRRLTrainer(policy, best, prompt_list, config, callbacks=[on_event])
             try:
                 trainer.train()

@@ -16,6 +16,12 @@ Flow transformers (diffusers ``FluxTransformer2DModel``, ``SD3Transformer2DModel
 ``comfy.utils.flux_to_diffusers`` / ``mmdit_to_diffusers`` — separate q/k/v LoRAs land on slices of its fused
 ``qkv`` / ``linear1`` weights. Their "ldm" names fuse q, k and v into one layer, which a per-layer LoRA cannot
 express, so only the native naming is offered for them.
+
+ComfyUI's own DiTs (its ``comfy.ldm.flux.model.Flux`` and MMDiT, trained in the graph by the LoRA Trainer node)
+already carry ComfyUI's module names and adapt the fused layers whole, so "ldm" writes them as they are:
+``lora_unet_double_blocks_0_img_attn_qkv``, ``lora_unet_joint_blocks_0_x_block_attn_qkv`` (kohya's naming for
+Flux and SD3). ``model_lora_keys_unet`` maps ``lora_unet_<path>`` for every ``diffusion_model.<path>.weight`` of
+any model, in the March-2024 host and in current ComfyUI.
 """
 
 from __future__ import annotations

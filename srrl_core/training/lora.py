@@ -8,9 +8,11 @@ whatever the base weights' dtype.
 Targets are module-name suffixes: attention projections ``to_q``, ``to_k``, ``to_v``, ``to_out.0`` (same names in
 diffusers' and ComfyUI's SD UNets), optionally the feed-forward ``ff.net.0.proj``, ``ff.net.2`` and, with
 ``conv=True``, the resnets' 3x3 convolutions (``conv1``/``conv2`` in diffusers, ``in_layers.2``/``out_layers.3``
-in LDM naming).
+in LDM naming). ComfyUI's own DiTs have their own names (``img_attn.qkv`` in Flux, ``attn.qkv`` in SD3's MMDiT;
+the lists are in ``nodes/comfy_policy.py``).
 A ``*`` in a target stands for one module-path component (``single_transformer_blocks.*.proj_out`` adapts the
-single blocks' output projection of a Flux transformer, not its final ``proj_out``).
+single blocks' output projection of a Flux transformer, not its final ``proj_out``). :func:`target_matches` says
+which layers each target reaches.
 """
 
 from __future__ import annotations
@@ -32,6 +34,21 @@ def target_pattern(targets: Sequence[str], key_style: str = "diffusers", conv: b
     check_choice("key_style", key_style, CONV_TARGETS)
     suffixes = list(targets) + (list(CONV_TARGETS[key_style]) if conv else [])
     return r"(.*\.)?(" + "|".join(re.escape(s).replace(r"\*", r"[^.]+") for s in suffixes) + r")"
+
+
+#: Layer types peft's LoRA adapts (subclasses included, e.g. ComfyUI's ``comfy.ops`` Linear / Conv2d).
+ADAPTABLE = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding)
+
+
+def target_matches(network: torch.nn.Module, targets: Sequence[str]) -> dict[str, list[str]]:
+    """For each target suffix, the names of the adaptable layers (:data:`ADAPTABLE`) of ``network`` it matches
+    (an empty list: the target reaches nothing)."""
+    names = [name for name, module in network.named_modules() if name and isinstance(module, ADAPTABLE)]
+    out = {}
+    for target in targets:
+        pattern = re.compile(target_pattern([target]))
+        out[target] = [name for name in names if pattern.fullmatch(name)]
+    return out
 
 
 def add_lora(
