@@ -8,6 +8,7 @@ Node definitions come from the host's /object_info, so this is checked against t
 from __future__ import annotations
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+EDITOR_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # the editor's own nodes: never in a prompt
 SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
 
 
@@ -32,8 +33,10 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) != 0 or node["type"] not in object_info:
+        if node.get("mode", 0) != 0 or node["type"] in EDITOR_ONLY:
             continue  # muted/bypassed nodes and editor-only nodes (notes) are not part of the prompt
+        if node["type"] not in object_info:  # never dropped silently: the comparison would fail far from the cause
+            raise KeyError(f"node {node['id']}: this host has no node type {node['type']!r}")
         definition = object_info[node["type"]]
         inputs = {}
         linked = {}

@@ -4,7 +4,10 @@ real ComfyUI server (shrunk to the tiny checkpoint, 64 px and a few steps); bad 
 The UI file's name is the title ComfyUI's template browser shows ("Train a LoRA and compare.json"); its API twin
 is the same name in snake case under workflows/api/ ("train_a_lora_and_compare.json"), and its thumbnail the same
 name with .jpg. SRRL_WRITE_THUMBNAILS=1 makes test_api_workflow_runs_headless write those thumbnails from the
-images of its run (the tiny checkpoint's)."""
+images of its run (the tiny checkpoint's).
+
+A workflow that uses a node type the host does not have (the flow-model workflow's ModelSamplingSD3 and
+EmptySD3LatentImage on the March-2024 host) is skipped by the tests that need the host, naming the missing types."""
 
 from __future__ import annotations
 
@@ -42,6 +45,17 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def missing_node_types(prompt: dict, object_info: dict) -> list[str]:
+    return sorted({node["class_type"] for node in prompt.values()} - set(object_info))
+
+
+def skip_unless_host_has_its_nodes(api_path: Path, object_info: dict) -> None:
+    missing = missing_node_types(load(api_path), object_info)
+    if missing:
+        pytest.skip(f"{api_path.name}: this ComfyUI host has no node type {', '.join(missing)} (current ComfyUI has; "
+                    "see tests/host/install_current_comfyui.md)")
+
+
 def literal(value) -> bool:
     return not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str))
 
@@ -55,6 +69,8 @@ def shrink(prompt: dict) -> dict:
         inputs = node["inputs"]
         if node["class_type"] == "CheckpointLoaderSimple":
             inputs["ckpt_name"] = TINY_CKPT_NAME
+        if node["class_type"] == "EmptySD3LatentImage":  # 16 channels (SD3, Flux); the tiny checkpoint's latents have 4
+            node["class_type"] = "EmptyLatentImage"  # the same inputs (width, height, batch_size)
         for key in ("width", "height"):  # EmptyLatentImage, the LoRA Trainer's samples
             if key in inputs and literal(inputs[key]):
                 inputs[key] = SIZE
@@ -93,6 +109,7 @@ def test_every_node_of_the_pack_is_in_a_shipped_workflow(comfy_server):
 @pytest.mark.parametrize("api_path", API_FILES, ids=lambda p: p.stem)
 def test_ui_and_api_formats_describe_the_same_graph(comfy_server, api_path):
     object_info = comfy_server.object_info()
+    skip_unless_host_has_its_nodes(api_path, object_info)
     ui = load(ui_twin(api_path))
     assert normalise(ui_to_api(ui, object_info)) == normalise(load(api_path))
     notes = [n for n in ui["nodes"] if n["type"] == "Note"]
@@ -101,6 +118,7 @@ def test_ui_and_api_formats_describe_the_same_graph(comfy_server, api_path):
 
 @pytest.mark.parametrize("api_path", API_FILES, ids=lambda p: p.stem)
 def test_api_workflow_runs_headless(comfy_server, api_path, tmp_path):
+    skip_unless_host_has_its_nodes(api_path, comfy_server.object_info())
     prompt = shrink(load(api_path))
     _, entry, files = comfy_server.run_workflow(prompt, timeout=600, out_dir=tmp_path)
     assert entry["status"]["status_str"] == "success"
@@ -151,9 +169,11 @@ def test_api_workflow_runs_headless(comfy_server, api_path, tmp_path):
      ("SRRLRenoiseGuide", "renoise_strength", 2.0), ("SRRLReflectiveSampler", "renoise_strength", 2.0)],
 )
 def test_out_of_range_values_are_node_errors_at_queue_time(comfy_server, class_type, field, value):
-    path = next((p for p in API_FILES if any(n["class_type"] == class_type for n in load(p).values())), None)
+    object_info = comfy_server.object_info()
+    path = next((p for p in API_FILES if any(n["class_type"] == class_type for n in load(p).values())
+                 and not missing_node_types(load(p), object_info)), None)
     if path is None:
-        pytest.fail(f"no shipped workflow uses {class_type}")
+        pytest.fail(f"no shipped workflow this host can run uses {class_type}")
     prompt = shrink(load(path))
     node_id = next(i for i, n in prompt.items() if n["class_type"] == class_type)
     prompt[node_id]["inputs"][field] = value
