@@ -172,9 +172,10 @@ def training_sigmas(model, scheduler: str, steps: int) -> torch.Tensor:
 
 
 def policy_from_host(model, clip, vae, width: int, height: int, scheduler: str, steps: int, name: str,
-                     lora_targets: tuple[str, ...] | None = None) -> PolicyModel:
+                     lora_targets: tuple[str, ...] | None = None, guidance: float | None = None) -> PolicyModel:
     """A PolicyModel over the host's loaded model (call inside :func:`trainable`). ``lora_targets``: from
-    :func:`lora_targets_for` (default: the architecture's list)."""
+    :func:`lora_targets_for` (default: the architecture's list). ``guidance``: Flux's distilled guidance, handed to
+    the model's ``extra_conds`` (None: the model's own default, 3.5 for Flux)."""
     base = model.model
     channels = getattr(base.latent_format, "latent_channels", 4)
     cache: dict[str, dict[str, torch.Tensor]] = {}
@@ -184,10 +185,11 @@ def policy_from_host(model, clip, vae, width: int, height: int, scheduler: str, 
         if prompt not in cache:
             tokens = clip.tokenize(prompt)
             cross_attn, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
-            # The host's own conditioning: Flux.extra_conds adds guidance (3.5, FluxGuidance's default) and the
-            # pooled vector y; SD3's adds y; SDXL's its pooled/size vector.
+            # The host's own conditioning: Flux.extra_conds adds guidance (``guidance``, else 3.5, FluxGuidance's
+            # default) and the pooled vector y; SD3's adds y; SDXL's its pooled/size vector.
+            extra = {} if guidance is None else {"guidance": float(guidance)}
             conds = base.extra_conds(cross_attn=cross_attn, pooled_output=pooled, width=width, height=height,
-                                     device=cross_attn.device)  # fmt: skip
+                                     device=cross_attn.device, **extra)  # fmt: skip
             for key, cond in conds.items():
                 if not isinstance(getattr(cond, "cond", None), torch.Tensor):
                     raise ValueError(f"model: its conditioning {key!r} ({type(cond).__name__}) is not a tensor; "

@@ -80,12 +80,13 @@ class LoRATrainer:
             "optional": {
                 "prompts_file": (_prompt_files(), {"tooltip": "A .txt file in the input folder, one prompt per line."}),
                 "lora_targets": ("STRING", {"default": "", "tooltip": _TARGETS_TOOLTIP}),
+                "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Flux only: the distilled guidance the model is conditioned on while training, as FluxGuidance sets it for sampling (3.5, FluxGuidance's default). Ignored for other models (SD1.x, SDXL, SD3); Flux schnell has no guidance input."}),
             },
         }
 
     def train(self, model, clip, vae, reward, prompts, lora_name, width, height, stages, prompts_per_stage, steps,
               scheduler, split_time, max_rounds, reflection_cfg, rollout_cfg, inversion_cfg, learning_rate,
-              lora_rank, lora_alpha, seed, resume, prompts_file=NO_FILE, lora_targets=""):  # fmt: skip
+              lora_rank, lora_alpha, seed, resume, prompts_file=NO_FILE, lora_targets="", guidance=3.5):  # fmt: skip
         import comfy.model_management
         import comfy.sd
         import comfy.utils
@@ -120,7 +121,7 @@ class LoRATrainer:
         # DiTs (Flux, SD3) train with gradient checkpointing, trading compute for activation memory; UNets without.
         with trainable(patched, gradient_checkpointing=arch.is_dit):
             policy = policy_from_host(patched, clip, vae, width, height, scheduler, steps, name=_model_name(patched),
-                                      lora_targets=targets)  # fmt: skip
+                                      lora_targets=targets, guidance=guidance if arch.family == "flux" else None)  # fmt: skip
             trainer = SRRLTrainer(policy, best, prompt_list, config, callbacks=[on_event])
             try:
                 trainer.train()

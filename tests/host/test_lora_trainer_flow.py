@@ -5,8 +5,9 @@ SD1.5 checkpoint patched to rectified flow by ModelSamplingSD3.
 Checked: the LoRA goes into the architecture's layers (ComfyUI's module names), one training stage changes the
 model's output through the stock LoRA path (``comfy.sd.load_lora_for_models``), every exported key is mapped by the
 host's own key map (``comfy.lora.model_lora_keys_unet``), base weights keep their dtype while the LoRA and AdamW's
-state are float32, DiT blocks are gradient-checkpointed, and wrong ``lora_targets`` or an unsupported model fail
-before any work. The March-2024 host has neither Flux nor SD3 nor ModelSamplingSD3: these tests skip there.
+state are float32, DiT blocks are gradient-checkpointed, the node's ``guidance`` reaches Flux (and only Flux), and
+wrong ``lora_targets`` or an unsupported model fail before any work. The March-2024 host has neither Flux nor SD3
+nor ModelSamplingSD3: these tests skip there.
 """
 
 from __future__ import annotations
@@ -188,9 +189,20 @@ def test_trainer_trains_a_tiny_dit_and_the_stock_loader_maps_every_key(host, fam
     before_weights = {k: v.clone() for k, v in network.state_dict().items()}
     before = output(model, "a bright sky", clip)
     checkpoints = count_checkpoint_calls(monkeypatch)
-
-    out, tensors = train(host, model, clip, f"srrl_test_{family}")
+    calls = []  # the keyword arguments of every network call while training
+    hook = network.register_forward_pre_hook(lambda module, args, kwargs: calls.append(dict(kwargs)), with_kwargs=True)
+    try:
+        out, tensors = train(host, model, clip, f"srrl_test_{family}", guidance=2.0)  # not Flux's default, 3.5
+    finally:
+        hook.remove()
     trained, name, _ = out["result"]
+
+    # The node's guidance input is Flux's distilled guidance on every call; other models never get one.
+    assert calls
+    if family == "flux":
+        assert all(torch.equal(c["guidance"], torch.full_like(c["guidance"], 2.0)) for c in calls)
+    else:
+        assert not any("guidance" in c for c in calls)
 
     # LoRA in exactly the architecture's layers (modulation, embedders and final layer left out), ComfyUI's names.
     assert all(k.startswith("lora_unet_") for k in tensors)
