@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..sampling.parametrization import RectifiedFlow, append_dims
-from .diffusers_unet import TextConditioning
+from .diffusers_unet import NetworkDtype, TextConditioning
 
 #: Every attention projection and MLP of Flux's double blocks, and the single blocks' q/k/v and fused MLP /
 #: output projections; all of them are mapped by ComfyUI's Flux LoRA key map (``comfy.utils.flux_to_diffusers``).
@@ -84,23 +84,25 @@ class DiffusersTransformerDenoiser:
         self.family = FAMILIES[name]
         self.guidance = float(guidance)
         self.parametrization = RectifiedFlow()
+        self._network_dtype = NetworkDtype()
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: TextConditioning) -> torch.Tensor:
         net = self.transformer
+        dtype = self._network_dtype(net)  # diffusers' net.dtype walks every submodule on each read
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0])
-        embeds = cond.embeds.to(net.dtype)
-        pooled = cond.added["pooled_projections"].to(net.dtype)
+        embeds = cond.embeds.to(dtype)
+        pooled = cond.added["pooled_projections"].to(dtype)
         if self.family == "flux":
             height, width = x.shape[-2:]
             guidance = torch.full_like(sigma, self.guidance) if net.config.guidance_embeds else None
             velocity = net(
-                hidden_states=pack_latents(x.to(net.dtype)), encoder_hidden_states=embeds, pooled_projections=pooled,
-                timestep=sigma.to(net.dtype), img_ids=image_ids(height, width, x.device, net.dtype),
-                txt_ids=torch.zeros(embeds.shape[1], 3, device=x.device, dtype=net.dtype), guidance=guidance, return_dict=False,
+                hidden_states=pack_latents(x.to(dtype)), encoder_hidden_states=embeds, pooled_projections=pooled,
+                timestep=sigma.to(dtype), img_ids=image_ids(height, width, x.device, dtype),
+                txt_ids=torch.zeros(embeds.shape[1], 3, device=x.device, dtype=dtype), guidance=guidance, return_dict=False,
             )[0]  # fmt: skip
             velocity = unpack_latents(velocity, height, width)
         else:
-            velocity = net(hidden_states=x.to(net.dtype), timestep=(sigma * 1000).to(net.dtype), encoder_hidden_states=embeds,
+            velocity = net(hidden_states=x.to(dtype), timestep=(sigma * 1000).to(dtype), encoder_hidden_states=embeds,
                            pooled_projections=pooled, return_dict=False)[0]  # fmt: skip
         return self.parametrization.denoised(velocity.float(), x.float(), append_dims(sigma, x.ndim)).to(x.dtype)
 

@@ -36,6 +36,27 @@ class TextConditioning:
         return TextConditioning(torch.cat([self.embeds, other.embeds]), added)
 
 
+class NetworkDtype:
+    """``network.dtype`` for the price of one parameter lookup.
+
+    diffusers' ``ModelMixin.dtype`` walks every submodule on each read (about 2 ms for SD1.5's UNet on one CPU core,
+    0.4 ms for the toy UNet), and an adapter needs it on every model call. It is read once and again whenever the
+    network object or its first parameter's dtype changes (a cast)."""
+
+    def __init__(self):
+        self._entry = None  # (network, dtype of its first parameter, network.dtype)
+
+    def __call__(self, network) -> torch.dtype:
+        if not isinstance(network, torch.nn.Module):
+            return network.dtype
+        first = next(network.parameters(), None)
+        stored = None if first is None else first.dtype
+        entry = self._entry
+        if entry is None or entry[0] is not network or entry[1] != stored:
+            entry = self._entry = (network, stored, network.dtype)
+        return entry[2]
+
+
 class DiffusersDenoiser:
     """Wrap ``unet`` with the noise schedule and prediction type of its scheduler configuration."""
 
@@ -44,6 +65,7 @@ class DiffusersDenoiser:
         self.unet = unet
         self.schedule = VPSchedule.from_diffusers(config)
         self.parametrization = parametrization_for(prediction_type or config.get("prediction_type", "epsilon"))
+        self._network_dtype = NetworkDtype()
 
     @classmethod
     def from_pipeline(cls, pipeline) -> "DiffusersDenoiser":
@@ -53,12 +75,13 @@ class DiffusersDenoiser:
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0])
         timesteps = self.schedule.timestep_at(sigma).to(torch.float32)
         s = append_dims(sigma, x.ndim)
-        network_input = self.parametrization.model_input(x, s).to(self.unet.dtype)
+        dtype = self._network_dtype(self.unet)
+        network_input = self.parametrization.model_input(x, s).to(dtype)
         output = self.unet(
             network_input,
             timesteps,
-            encoder_hidden_states=cond.embeds.to(self.unet.dtype),
-            added_cond_kwargs=None if cond.added is None else {k: v.to(self.unet.dtype) for k, v in cond.added.items()},
+            encoder_hidden_states=cond.embeds.to(dtype),
+            added_cond_kwargs=None if cond.added is None else {k: v.to(dtype) for k, v in cond.added.items()},
         ).sample
         return self.parametrization.denoised(output.float(), x.float(), s).to(x.dtype)
 

@@ -39,9 +39,8 @@ def transition_std(param: Parametrization, sigma: torch.Tensor, sigma_next: torc
     """The DDIM noise scale varsigma for a step sigma -> sigma_next (both [B] or scalars)."""
     if eta == 0:
         return torch.zeros_like(sigma_next)
-    alpha, std = param.alpha(sigma), param.std(sigma)
-    alpha_next, std_next = param.alpha(sigma_next), param.std(sigma_next)
-    ratio = (alpha * std_next) / (alpha_next * std)
+    std, std_next = param.std(sigma), param.std(sigma_next)
+    ratio = param.times_alpha(sigma, std_next) / param.times_alpha(sigma_next, std)
     return eta * std_next * (1 - ratio**2).clamp(min=0).sqrt()
 
 
@@ -49,7 +48,7 @@ def ddim_mean(param, x, denoised, sigma, sigma_next, step_std) -> torch.Tensor:
     s, s_next, v = (append_dims(t, x.ndim) for t in (sigma, sigma_next, step_std))
     eps = param.noise_from(x, denoised, s)
     direction = (param.std(s_next) ** 2 - v**2).clamp(min=0).sqrt()
-    return param.alpha(s_next) * denoised + direction * eps
+    return param.times_alpha(s_next, denoised) + direction * eps
 
 
 def gaussian_log_prob(sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -67,9 +66,11 @@ def ddim_step(
     sigma_next: torch.Tensor,
     eta: float = 0.0,
     noise: torch.Tensor | None = None,
+    log_prob: bool = True,
 ) -> StepOutput:
     """One DDIM step. ``sigma``/``sigma_next`` are [B]; ``noise`` (unit Gaussian like ``x``) is needed when eta > 0.
-    A step onto sigma_next = 0 leaves nothing random: take it with eta = 0 (the variance would be 0)."""
+    A step onto sigma_next = 0 leaves nothing random: take it with eta = 0 (the variance would be 0).
+    ``log_prob=False`` skips the transition's log-probability (``None`` in the output) when nobody records it."""
     step_std = transition_std(param, sigma, sigma_next, eta)
     mean = ddim_mean(param, x, denoised, sigma, sigma_next, step_std)
     if eta == 0:
@@ -77,7 +78,7 @@ def ddim_step(
     if noise is None:
         raise ValueError("noise is required for a stochastic DDIM step (eta > 0)")
     prev_sample = mean + append_dims(step_std, x.ndim) * noise
-    return StepOutput(prev_sample, mean, step_std, gaussian_log_prob(prev_sample, mean, step_std))
+    return StepOutput(prev_sample, mean, step_std, gaussian_log_prob(prev_sample, mean, step_std) if log_prob else None)
 
 
 def ddim_log_prob(
@@ -102,5 +103,5 @@ def ddim_inversion_step(
 ) -> torch.Tensor:
     """Move ``x`` from ``sigma`` up to ``sigma_next`` > sigma along the predicted noise ``eps``."""
     s, s_next = append_dims(sigma, x.ndim), append_dims(sigma_next, x.ndim)
-    x0 = (x - param.std(s) * eps) / param.alpha(s)
-    return param.alpha(s_next) * x0 + param.std(s_next) * eps
+    x0 = param.over_alpha(s, x - param.std(s) * eps)
+    return param.times_alpha(s_next, x0) + param.std(s_next) * eps

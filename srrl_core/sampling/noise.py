@@ -38,8 +38,14 @@ class BranchNoise:
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != len(self.generators):
             raise ValueError(f"noise has {len(self.generators)} generators but the latent batch is {x.shape[0]}")
-        rows = [torch.randn(x.shape[1:], generator=g, dtype=torch.float32) for g in self.generators]
-        return torch.stack(rows).to(device=x.device, dtype=x.dtype)
+        # Each row drawn straight into its slot of one batch (no stacking copy). For a CUDA latent the batch is
+        # drawn in pinned memory and copied without blocking: a copy from pageable memory would wait for the GPU
+        # to finish every queued step before the host could queue the next one.
+        pin = x.device.type == "cuda"
+        rows = torch.empty(x.shape, dtype=torch.float32, pin_memory=pin)
+        for row, g in zip(rows, self.generators):
+            torch.randn(x.shape[1:], generator=g, dtype=torch.float32, out=row)
+        return rows.to(device=x.device, dtype=x.dtype, non_blocking=pin)
 
 
 def derived_seeds(seed: int, count: int, stream: int = 0) -> list[int]:

@@ -67,6 +67,7 @@ def sample(
         raise ValueError("noise (a BranchNoise with one generator per latent row) is required when eta > 0")
     param, batch = guided.parametrization, x.shape[0]
     levels = sigmas.to(device=x.device, dtype=torch.float32)  # one copy: no host-device sync per step
+    random = (sigmas[1:] > 0).tolist()  # onto sigma 0 nothing random is left; asked once, not per step
     steps = []
     for i in range(sigmas.numel() - 1):
         sigma, sigma_next = step_levels(levels, i, batch)
@@ -74,8 +75,8 @@ def sample(
         if on_step is not None:
             on_step()
         z = noise.randn_like(x) if eta > 0 else None
-        step_eta = eta if sigmas[i + 1] > 0 else 0.0  # onto sigma 0 nothing random is left
-        out = ddim_step(param, x, denoised, sigma, sigma_next, step_eta, z)
+        step_eta = eta if random[i] else 0.0
+        out = ddim_step(param, x, denoised, sigma, sigma_next, step_eta, z, log_prob=record)
         x_next = out.prev_sample.to(x.dtype)
         if record:
             log_prob = out.log_prob if out.log_prob is not None else torch.zeros(batch, device=x.device)

@@ -49,19 +49,26 @@ class VPSchedule:
 
     def log_sigmas_on(self, device: torch.device) -> torch.Tensor:
         """log sigma per timestep, cached per device (no host-device copy per model call)."""
+        return self._log_sigma_table(device)[0]
+
+    def _log_sigma_table(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log sigma per timestep, gap to the next timestep's), cached per device."""
         key = str(device)
         if key not in self._log_sigmas:
-            self._log_sigmas[key] = self.sigmas.log().to(device)
+            log_sigmas = self.sigmas.log().to(device)
+            self._log_sigmas[key] = (log_sigmas, log_sigmas[1:] - log_sigmas[:-1])
         return self._log_sigmas[key]
 
     def timestep_at(self, sigma: torch.Tensor) -> torch.Tensor:
         """The continuous timestep whose sigma is ``sigma`` (log-sigma interpolation between the trained timesteps), on sigma's device."""
         sigma = torch.as_tensor(sigma)
         log_sigma = sigma.to(torch.float64).clamp(min=1e-10).log()
-        log_sigmas = self.log_sigmas_on(sigma.device)
-        high = torch.searchsorted(log_sigmas, log_sigma.reshape(-1)).clamp(1, self.num_train_timesteps - 1)
-        low = high - 1
-        w = ((log_sigma.reshape(-1) - log_sigmas[low]) / (log_sigmas[high] - log_sigmas[low])).clamp(0, 1)
+        log_sigmas, gaps = self._log_sigma_table(sigma.device)
+        flat = log_sigma.reshape(-1)
+        # Interval [low, low + 1] holding each log sigma (clamped to the table); called once per model call, so
+        # few and cheap ops: index_select and a precomputed gap instead of fancy indexing twice and a subtraction.
+        low = torch.searchsorted(log_sigmas, flat).clamp_(1, self.num_train_timesteps - 1).sub_(1)
+        w = ((flat - log_sigmas.index_select(0, low)) / gaps.index_select(0, low)).clamp_(0, 1)
         return (low + w).reshape(log_sigma.shape)
 
     def sigma_of_alpha_cumprod(self, alpha_cumprod: float) -> float:
