@@ -73,9 +73,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--prompts", type=int, default=96, help="held-out prompts (x 4 noise seeds)")
     parser.add_argument("--quick", action="store_true", help="seconds-sized smoke run: 6 prompts, 1 seed, s in {0.5, 1}, K = 1")
+    parser.add_argument("--best-of-max", type=int, default=None,
+                        help="largest N of best-of-N (default: the most calls any reflect row uses; 0: no best-of-N rows)")
+    parser.add_argument("--merge", nargs="+", metavar="RESULTS_JSONL",
+                        help="no sampling: merge results.jsonl files of runs that split the grid (same held-out set and "
+                             "base row) into one table and plot under --out")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="bench/results/reflection")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     seeds_per_prompt = 4
     if args.quick:
         args.prompts, args.strengths, args.rounds, seeds_per_prompt = 6, [0.5, 1.0], [1], 1
@@ -123,7 +131,8 @@ def main() -> None:
             only = compliance(last_pass(evaluation, k + 1), pair_prompts).bool()
             record(f"re-noise only s={strength} K={k}", only, calls, 0, base, strength=strength, rounds=k)
     most = max(round(planned_model_calls(steps, k, s) / steps) for s in args.strengths for k in args.rounds)
-    evaluation, calls = judge(branches=most)
+    most = most if args.best_of_max is None else args.best_of_max
+    evaluation, calls = judge(branches=most) if most >= 2 else (None, 0)
     for n in range(2, most + 1):
         chosen = best_of_first(evaluation, most, n, pair_prompts)
         record(f"best-of-{n}", compliance(chosen, pair_prompts).bool(), n * steps, n, base, n=n)
@@ -136,16 +145,30 @@ def main() -> None:
     plot(results, os.path.join(args.out, "frontier.png"))
 
 
+def merge(paths: list[str], out: str) -> None:
+    """One table and plot from runs that split the grid: their base rows must agree (the same pairs)."""
+    runs = [[json.loads(line) for line in open(path, encoding="utf-8") if line.strip()] for path in paths]
+    bases = {json.dumps(rows[0], sort_keys=True) for rows in runs}
+    if len(bases) != 1 or any(rows[0]["method"] != "base" for rows in runs):
+        raise ValueError("--merge: every results.jsonl must start with the same base row (the same held-out pairs)")
+    results = runs[0][:1] + [row for rows in runs for row in rows[1:]]
+    add_gain_kept(results)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "merged.json"), "w", encoding="utf-8") as f:
+        json.dump({"sources": paths, "rows": results}, f, indent=1)
+    print(HEADER + "\n" + "\n".join(format_row(r, results[0]["compliance"]) for r in results))
+    plot(results, os.path.join(out, "frontier.png"))
+
+
 def add_gain_kept(results: list[dict]) -> None:
-    """``gain_kept``: a partial-strength row's gain over base as a fraction of the full-strength (s = 1) gain at
-    the same K and kind (the issue's target: >= 95% of it at <= 60% of the model calls)."""
+    """``gain_kept``: a reflect row's gain over base as a fraction of the full-strength (s = 1) reflect gain at the
+    same K (the target: >= 95% of it at <= 60% of the model calls); absent where the full-strength gain is not > 0."""
     base = results[0]["compliance"]
-    full = {(r["method"].split(" s=")[0], r["rounds"]): r["compliance"] - base
-            for r in results if r.get("strength") == 1.0}
-    for r in results:
-        gain = full.get((r["method"].split(" s=")[0], r.get("rounds")))
-        if "strength" in r and gain:
-            r["gain_kept"] = (r["compliance"] - base) / gain
+    reflect = [r for r in results if r["method"].startswith("reflect ")]
+    full = {r["rounds"]: r["compliance"] - base for r in reflect if r["strength"] == 1.0}
+    for r in reflect:
+        if full.get(r["rounds"], 0) > 0:
+            r["gain_kept"] = (r["compliance"] - base) / full[r["rounds"]]
 
 
 class _Verdicts:

@@ -99,6 +99,12 @@ def new_toy_model(seed: int = 0) -> ToyModel:
     return ToyModel(build_unet(seed), build_text_encoder(seed + 1), tokenize, dict(SCHEDULER_CONFIG))
 
 
+def unet_config_of(model: ToyModel) -> dict:
+    """The UNet's own values of the :data:`UNET_CONFIG` keys: weights trained under an earlier config (e.g. without
+    the pooled-text embedding) save the config they were built with, not today's default."""
+    return {key: model.unet.config[key] for key in UNET_CONFIG}
+
+
 def save_toy_model(model: ToyModel, out_dir: str | Path, info: dict | None = None, dtype=torch.float16) -> Path:
     """Write fp16 safetensors plus configs (and ``training.json`` when ``info`` is given)."""
     from safetensors.torch import save_file
@@ -114,7 +120,7 @@ def save_toy_model(model: ToyModel, out_dir: str | Path, info: dict | None = Non
     for name, module in (("unet", model.unet), ("text_encoder", model.text_encoder)):
         state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in module.state_dict().items()}
         write(f"{name}.safetensors", lambda path, state=state: save_file(state, str(path)))
-    texts = {"unet_config.json": UNET_CONFIG, "text_encoder_config.json": TEXT_ENCODER_CONFIG,
+    texts = {"unet_config.json": unet_config_of(model), "text_encoder_config.json": TEXT_ENCODER_CONFIG,
              "scheduler_config.json": model.scheduler_config}
     if info is not None:
         texts["training.json"] = info

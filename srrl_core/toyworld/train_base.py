@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from . import scenes as S
-from .model import (SCHEDULER_CONFIG, UNET_CONFIG, ToyModel, images_to_model, measure_compliance, new_toy_model,
-                    save_toy_model)
+from .model import (SCHEDULER_CONFIG, ToyModel, images_to_model, measure_compliance, new_toy_model, save_toy_model,
+                    unet_config_of)
 from .text_encoder import TEXT_ENCODER_CONFIG, encode_tokens, tokenize
 
 EVAL_SEED = 1234  # initial-noise seeds for the recorded measurements: EVAL_SEED + i
@@ -183,7 +183,7 @@ def train(out: str | Path, *, steps: int | None = DEFAULT_STEPS, minutes: float 
             **({"continued_from": prior} if init_from is not None else {}),
         },
         "total_steps": step + _total_steps(prior),
-        "unet_config": UNET_CONFIG, "text_encoder_config": TEXT_ENCODER_CONFIG, "scheduler_config": SCHEDULER_CONFIG,
+        "unet_config": unet_config_of(final), "text_encoder_config": TEXT_ENCODER_CONFIG, "scheduler_config": SCHEDULER_CONFIG,
         "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1), "threads": threads, "device": device,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__,
         "loss_history": history,
