@@ -2,7 +2,7 @@
 
 Run from the repository root as ``python -m tests.helpers.training_ddp_worker OUT_DIR`` with RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR, MASTER_PORT set. Trains one stage of the tiny model with accelerate and writes this rank's
-LoRA and synchronised gradients to OUT_DIR/rank<r>.safetensors.
+LoRA, synchronised gradients and per-transition gradient terms to OUT_DIR/rank<r>.safetensors.
 """
 
 import os
@@ -22,8 +22,8 @@ def main(out_dir: str) -> None:
     torch.set_num_threads(1)
     accelerator = Accelerator(cpu=True)
     assert accelerator.num_processes == int(os.environ["WORLD_SIZE"]), accelerator.state
-    lora, grads = run_one_stage(ddp_config(os.path.join(out_dir, "run")), AccelerateProcesses(accelerator))
-    save_file({**{f"lora.{k}": v for k, v in lora.items()}, **{f"grad.{i}": g for i, g in enumerate(grads)}},
+    lora, grads, terms = run_one_stage(ddp_config(os.path.join(out_dir, "run")), AccelerateProcesses(accelerator))
+    save_file({**{f"lora.{k}": v for k, v in lora.items()}, **{f"grad.{i}": g for i, g in enumerate(grads)}, "terms": terms},
               os.path.join(out_dir, f"rank{accelerator.process_index}.safetensors"))  # fmt: skip
     accelerator.wait_for_everyone()
 

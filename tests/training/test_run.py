@@ -44,16 +44,26 @@ def small_config(tmp_path, **changes) -> TrainConfig:
 
 
 def test_training_raises_a_programmatic_reward_on_held_out_seeds_and_lr_0_does_not(tmp_path):
-    held_out = dict(prompts=PROMPTS[:2], seeds=list(range(1000, 1008)))  # seeds the stage streams never draw
+    # 32 seeds the stage streams never draw, for each of two prompts: 64 paired samples (same prompt, same start
+    # noise, deterministic DDIM) before and after training.
+    held_out = dict(prompts=PROMPTS[:2], seeds=list(range(1000, 1032)))
     gains = {}
-    for lr in (3e-2, 0.0):
+    for lr in (1e-2, 0.0):
         config = small_config(tmp_path / str(lr), learning_rate=lr)
         policy = build_policy("tiny", config.steps)
         before = sample_rewards(policy, brightness, **held_out)
         summary = SRRLTrainer(policy, brightness, PROMPTS, config).train()
         gains[lr] = sample_rewards(policy, brightness, **held_out) - before
-    # Measured: 0.482 -> 0.557 (+0.075), every one of the 16 held-out samples brighter by >= 0.027.
-    assert gains[3e-2].mean() > 0.04 and (gains[3e-2] > 0).all(), gains[3e-2]
+    # A sign test: if training did not move the held-out reward, each paired gain would be as likely negative as
+    # positive, independently over the seeds, and at least 48 of 64 positive would have probability
+    # P(Binomial(64, 1/2) >= 48) = 3.9e-5. Measured on AMD EPYC: 61 of 64 brighter, mean +0.0137 (prompt 0
+    # +0.006 with 29 of 32, prompt 1 +0.021 with 32 of 32); AVX2 and scalar kernels change the gains by < 1.3e-5.
+    # Over 25 training seeds (other realisations of the run), 24 gave >= 60 of 64, one 36 (its prompt 0 came out
+    # slightly darker). lr 1e-2, not the other tests' 3e-2: at 3e-2 the run is chaotic (rounding alone moved the
+    # mean gain on seeds 1000-1007 from +0.075 on an Intel Xeon to +0.026 on AMD) and 4 of 13 training seeds left
+    # at most 40 of 64 brighter.
+    positive = int((gains[1e-2] > 0).sum())
+    assert positive >= 48 and gains[1e-2].mean() > 0, (positive, gains[1e-2])
     assert gains[0.0].abs().max() == 0  # the control: same sampling, same updates' bookkeeping, no step size
     assert summary["noop_stages"] == 8 and summary["optimizer_steps"] > 0
     lines = open(os.path.join(config.output_dir, "metrics.jsonl")).read().splitlines()
