@@ -45,6 +45,7 @@ BENCHES = [
     Bench("bench_engine.py", ["--quick"], []),
     Bench("bench_training.py", ["--quick"], []),
     Bench("bench_rewards.py", ["--quick"], []),
+    Bench("bench_rewards_width.py", ["--quick"], []),  # full: real-size ViT-L/H and BLIP, ~30 min on one thread
     Bench("bench_host.py", ["--quick"], []),  # needs the ComfyUI host: make setup-host
     Bench("bench_toyworld.py", ["--quick"], []),
     Bench("bench_reflection.py", ["--quick"], []),
