@@ -134,9 +134,23 @@ def trainer(**inputs) -> dict:
 DEEP = '{"a": ' + "[" * 5000 + "]" * 5000 + "}"
 NAN = float("nan")
 # (id, prompt, fragments the error must contain). Every message names the input it is about.
+class AnyOf:
+    """Alternative lists of fragments: the refusal must contain every fragment of at least one of them."""
+
+    def __init__(self, *alternatives: list[str]):
+        self.alternatives = alternatives
+
+    def matches(self, text: str) -> bool:
+        return any(all(fragment in text for fragment in fragments) for fragments in self.alternatives)
+
+
 BAD = [
-    ("prompts_file absolute", lambda j: trainer(prompts_file="/etc/hostname"), ["prompts_file", "not allowed"]),
-    ("prompts_file dotdot", lambda j: trainer(prompts_file="../../../etc/hostname.txt"), ["prompts_file", "'..'"]),
+    # Current ComfyUI checks a COMBO value against its list before the node runs; the March-2024 host leaves it to
+    # the node. Either refusal names the input and runs nothing.
+    ("prompts_file absolute", lambda j: trainer(prompts_file="/etc/hostname"),
+     AnyOf(["prompts_file", "not allowed"], ["input 'prompts_file'", "Value not in list", "/etc/hostname"])),
+    ("prompts_file dotdot", lambda j: trainer(prompts_file="../../../etc/hostname.txt"),
+     AnyOf(["prompts_file", "'..'"], ["input 'prompts_file'", "Value not in list", "../../../etc/hostname.txt"])),
     ("prompts_file latin-1", lambda j: trainer(prompts_file=f"{PREFIX}latin1.txt"), ["prompts_file", "not UTF-8"]),
     ("lora_name path", lambda j: trainer(lora_name="../escape"), ["lora_name must be"]),
     ("lora_targets no layer", lambda j: trainer(lora_targets="to_q, no_such_layer"),
@@ -207,7 +221,9 @@ def refusal(server, prompt) -> str:
 def test_bad_input_is_refused_naming_the_input(server, judge, case):
     _, build, fragments = case
     text = refusal(server, build(judge))
-    for fragment in fragments:
+    if isinstance(fragments, AnyOf):
+        assert fragments.matches(text), text
+    for fragment in [] if isinstance(fragments, AnyOf) else fragments:
         assert fragment in text, text
     assert server.alive()
     assert not judge.requests or all("Authorization" not in h or KEY in h["Authorization"] for h in judge.headers)
