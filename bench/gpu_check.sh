@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The project's GPU checks in one run (for a lent GPU machine; ~5 minutes on an H100/H200):
+# The project's GPU checks in one run (for a lent GPU machine; ~5 minutes on an H100/H200 for 1-2, 3 not yet timed):
 #   1. engine overhead on the SD1.5-shaped UNet (fp16, 512 px): reflective rounds vs the same UNet calls in a loop
 #   2. SRRL's PPO update on SD1.5 at 512 px: peak VRAM with gradient checkpointing, samples per second
+#   3. a LoRA update on a full-width Flux-shaped transformer (1024 px tokens, a few blocks): peak VRAM per block,
+#      extrapolated to Flux.1's 19 + 38 blocks (with and without gradient checkpointing)
 # Usage: bash bench/gpu_check.sh [OUT_DIR]   (wheels for packages missing there in .whl/, see docs/performance.md)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,4 +23,7 @@ export PYTHONUNBUFFERED=1
     python3 bench/bench_engine.py --model tiny --size 16 --rounds 3 --branches 2 --steps 20 --repeats 3 | tail -1
     echo "## PPO update, SD1.5 at 512 px"
     python3 bench/gpu_sd15_training.py --quick
+    echo "## LoRA update, Flux-shaped transformer at full width, 1024 px tokens (peak VRAM, extrapolated to full depth)"
+    python3 bench/gpu_flux_memory.py
+    python3 bench/gpu_flux_memory.py --no-checkpointing
 } 2>&1 | tee "$out/gpu_check.md"

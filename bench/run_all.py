@@ -51,6 +51,8 @@ BENCHES = [
     Bench("bench_reflection.py", ["--quick"], []),
     # Without a GPU the quick run takes the same code path on a toy UNet; the full run is SD1.5 at 512 px on CUDA.
     Bench("gpu_sd15_training.py", ["--tiny", "--device", "cpu"], [], needs_cuda_for_full=True),
+    # Likewise: a toy-width transformer on the CPU; the full run is Flux.1's width at 1024 px tokens on CUDA.
+    Bench("gpu_flux_memory.py", ["--tiny", "--device", "cpu"], [], needs_cuda_for_full=True),
 ]
 
 
