@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_toyworld import CountedPolicy  # noqa: E402
+from bench_toyworld import CountedPolicy, paired_cells  # noqa: E402
 
 from srrl_core.demo import RECIPE  # noqa: E402
 from srrl_core.sampling.reflective import planned_model_calls  # noqa: E402
@@ -183,13 +183,10 @@ HEADER = ("| method | compliance | 95% CI | gained / lost vs base | McNemar p | 
 
 
 def format_row(row: dict, base_rate: float) -> str:
-    low, high = row["ci"]
-    paired = f"{row['gained']} / {row['lost']}" if "gained" in row else ""
-    p = f"{row['mcnemar_p']:.2g}" if "mcnemar_p" in row else ""
-    families = " / ".join(f"{v:.2f}" for v in row["per_family"].values())
+    rate, paired, p, families = paired_cells(row)
     kept = f"{row['gain_kept']:.0%}" if "gain_kept" in row else ""
-    return (f"| {row['method']} | {row['compliance']:.3f} | [{low:.3f}, {high:.3f}] | {paired} | {p} | "
-            f"{row['calls_per_sample']} | {row['reward_calls_per_sample']} | {kept} | {families} |")
+    return (f"| {row['method']} | {rate} | {paired} | {p} | {row['calls_per_sample']} | "
+            f"{row['reward_calls_per_sample']} | {kept} | {families} |")
 
 
 def plot(results: list[dict], path: str) -> None:

@@ -187,15 +187,20 @@ HEADER = ("| method | compliance | 95% CI | gained / lost | McNemar p | calls / 
           "gain per 1000 training images | balance / shadow / water |\n|---|---|---|---|---|---|---|---|---|")
 
 
-def format_row(row: dict, base_rate: float) -> str:
+def paired_cells(row: dict) -> tuple[str, str, str, str]:
+    """The cells every toy-world table shares: compliance with its interval, gained / lost, McNemar p, families."""
     low, high = row["ci"]
     paired = f"{row['gained']} / {row['lost']}" if "gained" in row else ""
     p = f"{row['mcnemar_p']:.2g}" if "mcnemar_p" in row else ""
+    families = " / ".join(f"{v:.2f}" for v in row["per_family"].values())
+    return f"{row['compliance']:.3f} | [{low:.3f}, {high:.3f}]", paired, p, families
+
+
+def format_row(row: dict, base_rate: float) -> str:
+    rate, paired, p, families = paired_cells(row)
     images = row.get("train_images", 0)
     per_1000 = f"{1000 * (row['compliance'] - base_rate) / images:+.4f}" if images else ""
-    families = " / ".join(f"{v:.2f}" for v in row["per_family"].values())
-    return (f"| {row['method']} | {row['compliance']:.3f} | [{low:.3f}, {high:.3f}] | {paired} | {p} | "
-            f"{row['calls_per_sample']} | {images or ''} | {per_1000} | {families} |")
+    return f"| {row['method']} | {rate} | {paired} | {p} | {row['calls_per_sample']} | {images or ''} | {per_1000} | {families} |"
 
 
 if __name__ == "__main__":

@@ -22,8 +22,19 @@ import copy
 import json
 
 import pytest
+import torch
 
 from tests.helpers import hostlib
+
+
+@pytest.fixture
+def one_thread():
+    """Torch at one thread for the test (``pytestmark = pytest.mark.usefixtures("one_thread")``): the CI box is
+    shared, and one thread is faster than two fighting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _host_or_skip():

@@ -17,12 +17,7 @@ from tests.helpers.support import REPO
 PROMPTS = ["a red cube", "a blue sphere", "a green cone"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI box is shared: one thread is faster than two fighting
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def brightness(images, prompts):

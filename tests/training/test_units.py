@@ -21,12 +21,7 @@ from srrl_core.training.models import tiny_unet
 from srrl_core.training.rollout import START, derive_seed
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI box is shared: one thread is faster than two fighting
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_ppo_loss_and_both_clippings_equal_a_direct_computation():
