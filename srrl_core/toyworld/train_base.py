@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from . import scenes as S
-from .model import (SCHEDULER_CONFIG, ToyModel, images_to_model, measure_compliance, new_toy_model, save_toy_model,
-                    unet_config_of)
+from .model import (SCHEDULER_CONFIG, ToyModel, images_to_model, load_toy_model, measure_compliance, new_toy_model,
+                    save_toy_model, unet_config_of)
 from .text_encoder import TEXT_ENCODER_CONFIG, encode_tokens, tokenize
 
 EVAL_SEED = 1234  # initial-noise seeds for the recorded measurements: EVAL_SEED + i
@@ -97,8 +97,6 @@ def train(out: str | Path, *, steps: int | None = DEFAULT_STEPS, minutes: float 
     torch.manual_seed(seed)
     prior: dict = {}
     if init_from is not None:
-        from .model import load_toy_model
-
         # Continue from saved (EMA, fp16) weights with a fresh optimiser and schedule: the data stream is
         # endless, so a continuation is more training on new scenes, not a repeat of the old ones.
         model = load_toy_model(weights_dir=init_from)
@@ -191,8 +189,6 @@ def train(out: str | Path, *, steps: int | None = DEFAULT_STEPS, minutes: float 
     out = Path(out)
     save_toy_model(final, out, info)
     if eval_n > 0:
-        from .model import load_toy_model
-
         reloaded = load_toy_model(weights_dir=out)  # measure what ships: fp16 weights loaded into fp32
         info["base_compliance"] = evaluate(reloaded, n=eval_n, steps=eval_steps, cfg=eval_cfg)
         info["test_reference"] = reference_measurement(reloaded)
