@@ -49,6 +49,7 @@ BENCHES = [
     Bench("bench_host.py", ["--quick"], []),  # needs the ComfyUI host: make setup-host
     Bench("bench_toyworld.py", ["--quick"], []),
     Bench("bench_reflection.py", ["--quick"], []),
+    Bench("bench_flow_rollout.py", ["--quick"], []),  # closed form: the full grid takes a second too
     # Without a GPU the quick run takes the same code path on a toy UNet; the full run is SD1.5 at 512 px on CUDA.
     Bench("gpu_sd15_training.py", ["--tiny", "--device", "cpu"], [], needs_cuda_for_full=True),
     # Likewise: a toy-width transformer on the CPU; the full run is Flux.1's width at 1024 px tokens on CUDA.

@@ -67,7 +67,7 @@ def test_bad_trainer_inputs(comfy_inprocess):
                    lora_name="../escape", **TRAIN_ARGS)
 
 
-def sample_prompt(lora_name=None, strength=0.0, prefix="lora_check"):
+def sample_prompt(lora_name=None, strength=0.0, prefix="lora_check", flow_shift=None):
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT_NAME}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a bright sky", "clip": ["1", 1]}},
@@ -83,6 +83,9 @@ def sample_prompt(lora_name=None, strength=0.0, prefix="lora_check"):
         prompt["8"] = {"class_type": "LoraLoader", "inputs": {"lora_name": lora_name, "strength_model": strength,
                        "strength_clip": 0.0, "model": ["1", 0], "clip": ["1", 1]}}  # fmt: skip
         prompt["5"]["inputs"]["model"] = ["8", 0]
+    if flow_shift is not None:  # rectified flow: the stock ModelSamplingSD3 patch between the model and the sampler
+        prompt["9"] = {"class_type": "ModelSamplingSD3", "inputs": {"shift": flow_shift, "model": prompt["5"]["inputs"]["model"]}}
+        prompt["5"]["inputs"]["model"] = ["9", 0]
     return prompt
 
 
@@ -93,23 +96,33 @@ def pixels(server, prompt, tmp_path):
         return np.asarray(image).astype(np.int16)
 
 
-def test_trainer_workflow_then_stock_lora_loader(comfy_server, tmp_path):
+@pytest.mark.parametrize("flow_shift", [None, 3.0], ids=["eps", "flow"])
+def test_trainer_workflow_then_stock_lora_loader(comfy_server, tmp_path, flow_shift):
+    """Train over HTTP, then sample through the stock LoraLoader: strength 0 is the base model, 1 differs. The flow
+    case trains and samples the checkpoint patched to rectified flow by ModelSamplingSD3 (current ComfyUI)."""
+    if flow_shift is not None and "ModelSamplingSD3" not in comfy_server.object_info():
+        pytest.skip("this ComfyUI host has no ModelSamplingSD3 (the March-2024 host): no flow models to train")
+    name = "srrl_ci_http" if flow_shift is None else "srrl_ci_http_flow"
     train = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CKPT_NAME}},
         "2": {"class_type": "SRRLRewardModelLoader", "inputs": {"backend": "brightness_band", "weights": "none",
               "aux_file": "none", "clip_architecture": "ViT-H-14", "vlm_endpoint": "", "vlm_model": "",
               "api_key_env": "", "rule": "", "on_failure": "raise", "fallback_score": 0.0, "device": "auto",
               "dtype": "auto", "options": json.dumps({"low": 0.9, "high": 1.0, "softness": 1.0})}},
-        "3": {"class_type": "SRRLLoRATrainer", "inputs": {**TRAIN_ARGS, "lora_name": "srrl_ci_http", "model": ["1", 0],
+        "3": {"class_type": "SRRLLoRATrainer", "inputs": {**TRAIN_ARGS, "lora_name": name, "model": ["1", 0],
               "clip": ["1", 1], "vae": ["1", 2], "reward": ["2", 0]}},
         "4": {"class_type": "SaveImage", "inputs": {"filename_prefix": "srrl_ci_curves", "images": ["3", 2]}},
     }  # fmt: skip
+    if flow_shift is not None:
+        train["5"] = {"class_type": "ModelSamplingSD3", "inputs": {"shift": flow_shift, "model": ["1", 0]}}
+        train["3"]["inputs"]["model"] = ["5", 0]
     _, entry, _ = comfy_server.run_workflow(train, timeout=900, out_dir=tmp_path / "train")
     assert entry["status"]["status_str"] == "success"
-    assert "srrl_ci_http.safetensors" in comfy_server.object_info("LoraLoader")["LoraLoader"]["input"]["required"]["lora_name"][0]
-    base = pixels(comfy_server, sample_prompt(prefix="base"), tmp_path / "base")
-    zero = pixels(comfy_server, sample_prompt("srrl_ci_http.safetensors", 0.0, "zero"), tmp_path / "zero")
-    full = pixels(comfy_server, sample_prompt("srrl_ci_http.safetensors", 1.0, "full"), tmp_path / "full")
+    lora = f"{name}.safetensors"
+    assert lora in comfy_server.object_info("LoraLoader")["LoraLoader"]["input"]["required"]["lora_name"][0]
+    base = pixels(comfy_server, sample_prompt(prefix="base", flow_shift=flow_shift), tmp_path / "base")
+    zero = pixels(comfy_server, sample_prompt(lora, 0.0, "zero", flow_shift), tmp_path / "zero")
+    full = pixels(comfy_server, sample_prompt(lora, 1.0, "full", flow_shift), tmp_path / "full")
     assert np.array_equal(zero, base)
     assert np.abs(full - base).max() > 0
 
