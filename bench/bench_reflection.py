@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_toyworld import CountedPolicy, paired_cells  # noqa: E402
+from bench_toyworld import CountedPolicy, merged_results, paired_cells  # noqa: E402
 
 from srrl_core.demo import RECIPE  # noqa: E402
 from srrl_core.sampling.reflective import planned_model_calls  # noqa: E402
@@ -147,11 +147,7 @@ def main() -> None:
 
 def merge(paths: list[str], out: str) -> None:
     """One table and plot from runs that split the grid: their base rows must agree (the same pairs)."""
-    runs = [[json.loads(line) for line in open(path, encoding="utf-8") if line.strip()] for path in paths]
-    bases = {json.dumps(rows[0], sort_keys=True) for rows in runs}
-    if len(bases) != 1 or any(rows[0]["method"] != "base" for rows in runs):
-        raise ValueError("--merge: every results.jsonl must start with the same base row (the same held-out pairs)")
-    results = runs[0][:1] + [row for rows in runs for row in rows[1:]]
+    results = merged_results(paths)
     add_gain_kept(results)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "merged.json"), "w", encoding="utf-8") as f:

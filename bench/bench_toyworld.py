@@ -19,6 +19,7 @@ Methods:
   SRRL lr = 0        the control: the SRRL run with learning rate 0 (first seed)
 
     python bench/bench_toyworld.py [--seeds 0 1 2] [--stages 24] [--prompts 96] [--threads 2] [--quick]
+    python bench/bench_toyworld.py --merge A/results.jsonl B/results.jsonl    # runs split over processes
 
 Results are appended to ``--out``/results.jsonl as each method finishes and printed as a markdown table.
 """
@@ -106,7 +107,17 @@ def main() -> None:
     parser.add_argument("--plain-only", action="store_true", help="skip the '+ reflect K=1' evaluation of trained LoRAs")
     parser.add_argument("--noise-seed", type=int, default=0,
                         help="held-out noise-seed block (0: the documented table; screen recipes on another block)")
+    parser.add_argument("--merge", nargs="+", metavar="RESULTS_JSONL",
+                        help="no sampling: one table from the results.jsonl of runs that split the methods / seeds "
+                             "(same held-out set and base row), written to --out/merged.json")
     args = parser.parse_args()
+    if args.merge:
+        results = merged_results(args.merge)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "merged.json"), "w", encoding="utf-8") as f:
+            json.dump({"sources": args.merge, "rows": results}, f, indent=1)
+        print(HEADER + "\n" + "\n".join(format_row(r, results[0]["compliance"]) for r in results))
+        return
     if args.quick:
         args.prompts, args.seeds, args.stages = 6, args.seeds[:1], 1
     if args.threads:
@@ -181,6 +192,16 @@ def main() -> None:
             control = TrainConfig.from_dict({**srrl.to_dict(), "learning_rate": 0.0, "output_dir": os.path.join(args.out, "control")})
             train(f"SRRL lr=0 seed {seed}", control)
     print("\n" + HEADER + "\n" + "\n".join(format_row(r, results[0]["compliance"]) for r in results))
+
+
+def merged_results(paths: list[str]) -> list[dict]:
+    """The rows of several results.jsonl, one base row first: every file must start with the same base row (the
+    same held-out pairs), or their paired statistics would not compare."""
+    runs = [[json.loads(line) for line in open(path, encoding="utf-8") if line.strip()] for path in paths]
+    bases = {json.dumps(rows[0], sort_keys=True) for rows in runs if rows}
+    if len(bases) != 1 or any(not rows or rows[0]["method"] != "base" for rows in runs):
+        raise ValueError("--merge: every results.jsonl must start with the same base row (the same held-out pairs)")
+    return runs[0][:1] + [row for rows in runs for row in rows[1:]]
 
 
 HEADER = ("| method | compliance | 95% CI | gained / lost | McNemar p | calls / sample | training images | "

@@ -1,6 +1,7 @@
 """The GPU benchmark's code path on a toy UNet, and the shipped example configurations."""
 
 import glob
+import json
 import os
 import runpy
 import sys
@@ -41,3 +42,33 @@ def test_config_files_reject_unknown_sections(tmp_path):
         load_config_file(str(bad))
     with pytest.raises(ValueError, match="must end in .toml, .yaml or .yml"):
         load_config_file(sys.executable)
+
+
+def test_toyworld_merge_keeps_one_base_row_and_refuses_other_held_out_sets(tmp_path):
+    merged_results = runpy.run_path(os.path.join(REPO, "bench", "bench_toyworld.py"))["merged_results"]
+    base = {"method": "base", "compliance": 0.5, "ci": [0.4, 0.6], "n": 384, "per_family": {}}
+    srrl = {**base, "method": "SRRL seed 0", "gained": 3, "lost": 1}
+    ddpo = {**base, "method": "DDPO seed 0", "gained": 1, "lost": 2}
+    files = []
+    for name, rows in (("a", [base, srrl]), ("b", [base, ddpo]), ("other", [{**base, "compliance": 0.4}, ddpo])):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        files.append(str(path))
+    assert [row["method"] for row in merged_results(files[:2])] == ["base", "SRRL seed 0", "DDPO seed 0"]
+    with pytest.raises(ValueError, match="same base row"):
+        merged_results([files[0], files[2]])
+
+
+def test_flow_rollout_benchmark_reads_the_shipped_step_exactly():
+    """The benchmark's DDIM rows are read off the shipped step: its noise at eta = 1 is the DDPM posterior's, its
+    gain and offset at eta = 0 are Euler's on the exact denoiser's velocity; its error measure is 0 on the marginals."""
+    bench = runpy.run_path(os.path.join(REPO, "bench", "bench_flow_rollout.py"))
+    _, _, std = bench["ddim_affine"](1.0)(0.6, 0.4)
+    # DDPM posterior on rectified flow (alpha = 1 - sigma): Var = s'^2 (1 - (a s' / (a' s))^2).
+    a, s, a_next, s_next = 0.4, 0.6, 0.6, 0.4
+    assert std**2 == pytest.approx(s_next**2 * (1 - (a * s_next / (a_next * s)) ** 2), rel=1e-12)
+    assert bench["errors"]([1.0, 0.5, 0.0], [(0.0, 1.0), (0.35, 0.3125), (0.7, 0.25)])["final_var_error"] == pytest.approx(0.0)
+    # At eta = 0 the step is Euler on the velocity v = (x - x0_hat) / sigma, x0_hat = k x + c.
+    k, c = bench["denoiser_gain"](0.6)
+    gain, offset, std = bench["ddim_affine"](0.0)(0.6, 0.4)
+    assert (gain, offset, std) == pytest.approx((1 - 0.2 * (1 - k) / 0.6, 0.2 * c / 0.6, 0.0), rel=1e-12, abs=1e-15)
