@@ -117,6 +117,7 @@ def main() -> None:
         with open(os.path.join(args.out, "merged.json"), "w", encoding="utf-8") as f:
             json.dump({"sources": args.merge, "rows": results}, f, indent=1)
         print(HEADER + "\n" + "\n".join(format_row(r, results[0]["compliance"]) for r in results))
+        print(head_to_head(results))
         return
     if args.quick:
         args.prompts, args.seeds, args.stages = 6, args.seeds[:1], 1
@@ -137,7 +138,8 @@ def main() -> None:
     def record(name: str, evaluation, base=None, **extra) -> None:
         low, high = evaluation.interval()
         row = {"method": name, "compliance": evaluation.rate, "ci": [low, high], "n": evaluation.compliant.numel(),
-               "per_family": per_family(evaluation, prompts), **extra}  # fmt: skip
+               "per_family": per_family(evaluation, prompts), **extra,
+               "verdicts": "".join("1" if c else "0" for c in evaluation.compliant.tolist())}  # fmt: skip
         if base is not None:
             row["gained"], row["lost"], row["mcnemar_p"] = mcnemar_exact(base.compliant, evaluation.compliant)
         results.append(row)
@@ -173,7 +175,7 @@ def main() -> None:
         summary = trainer.train()
         cost = policy.take()
         images = sum(sampled_images(config, n) for n in range(config.stages))
-        extra = dict(train_images=images, train_sampling_rows=cost["sampling"], train_update_rows=cost["update"],
+        extra = dict(stages=config.stages, train_images=images, train_sampling_rows=cost["sampling"], train_update_rows=cost["update"],
                      train_seconds=round(time.perf_counter() - started), noop_stages=summary["noop_stages"])  # fmt: skip
         evaluation = evaluate(policy.policy, prompts, seeds, scale=scale)
         record(name, evaluation, base, calls_per_sample=steps, **extra)
@@ -202,6 +204,23 @@ def merged_results(paths: list[str]) -> list[dict]:
     if len(bases) != 1 or any(not rows or rows[0]["method"] != "base" for rows in runs):
         raise ValueError("--merge: every results.jsonl must start with the same base row (the same held-out pairs)")
     return runs[0][:1] + [row for rows in runs for row in rows[1:]]
+
+
+def head_to_head(results: list[dict]) -> str:
+    """SRRL against DDPO of the same training seed and budget, paired on the held-out pairs (exact McNemar on
+    their discordant verdicts); rows from before verdicts were recorded are left out."""
+    lines = ["| SRRL row | DDPO row | SRRL / DDPO compliance | SRRL-only / DDPO-only compliant | McNemar p |", "|---|---|---|---|---|"]
+    ddpo = {(r["method"].replace("DDPO", "SRRL"), r.get("stages")): r for r in results
+            if r["method"].startswith("DDPO") and "verdicts" in r}  # fmt: skip
+    for row in results:
+        rival = ddpo.get((row["method"], row.get("stages")))
+        if rival is None or "verdicts" not in row:
+            continue
+        as_tensor = [torch.tensor([c == "1" for c in r["verdicts"]]) for r in (rival, row)]
+        srrl_only, ddpo_only, p = mcnemar_exact(*as_tensor)
+        lines.append(f"| {row['method']} ({row['train_images']} images) | {rival['method']} ({rival['train_images']} images) | "
+                     f"{row['compliance']:.3f} / {rival['compliance']:.3f} | {srrl_only} / {ddpo_only} | {p:.2g} |")
+    return "\n".join(lines)
 
 
 HEADER = ("| method | compliance | 95% CI | gained / lost | McNemar p | calls / sample | training images | "

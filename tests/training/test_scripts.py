@@ -45,16 +45,21 @@ def test_config_files_reject_unknown_sections(tmp_path):
 
 
 def test_toyworld_merge_keeps_one_base_row_and_refuses_other_held_out_sets(tmp_path):
-    merged_results = runpy.run_path(os.path.join(REPO, "bench", "bench_toyworld.py"))["merged_results"]
-    base = {"method": "base", "compliance": 0.5, "ci": [0.4, 0.6], "n": 384, "per_family": {}}
-    srrl = {**base, "method": "SRRL seed 0", "gained": 3, "lost": 1}
-    ddpo = {**base, "method": "DDPO seed 0", "gained": 1, "lost": 2}
+    bench = runpy.run_path(os.path.join(REPO, "bench", "bench_toyworld.py"))
+    merged_results, head_to_head = bench["merged_results"], bench["head_to_head"]
+    base = {"method": "base", "compliance": 0.5, "ci": [0.4, 0.6], "n": 8, "per_family": {}, "verdicts": "11110000"}
+    srrl = {**base, "method": "SRRL seed 0", "stages": 16, "train_images": 1248, "verdicts": "11111110"}
+    ddpo = {**base, "method": "DDPO seed 0", "stages": 16, "train_images": 1280, "verdicts": "11110001"}
     files = []
     for name, rows in (("a", [base, srrl]), ("b", [base, ddpo]), ("other", [{**base, "compliance": 0.4}, ddpo])):
         path = tmp_path / f"{name}.jsonl"
         path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
         files.append(str(path))
-    assert [row["method"] for row in merged_results(files[:2])] == ["base", "SRRL seed 0", "DDPO seed 0"]
+    rows = merged_results(files[:2])
+    assert [row["method"] for row in rows] == ["base", "SRRL seed 0", "DDPO seed 0"]
+    # Paired on the same held-out pairs: SRRL alone right on 3 (pairs 5-7), DDPO alone on 1 (pair 8).
+    assert "| 3 / 1 | 0.62 |" in head_to_head(rows)
+    assert len(head_to_head([rows[0], rows[1], {**ddpo, "stages": 32}]).splitlines()) == 2  # other budget: no pair
     with pytest.raises(ValueError, match="same base row"):
         merged_results([files[0], files[2]])
 
