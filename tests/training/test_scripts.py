@@ -44,6 +44,13 @@ def test_config_files_reject_unknown_sections(tmp_path):
         load_config_file(sys.executable)
 
 
+def legacy(tmp_path, *rows):
+    """A results.jsonl written before rows kept their verdicts."""
+    path = tmp_path / "legacy.jsonl"
+    path.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "verdicts"}) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
 def test_toyworld_merge_keeps_one_base_row_and_refuses_other_held_out_sets(tmp_path):
     bench = runpy.run_path(os.path.join(REPO, "bench", "bench_toyworld.py"))
     merged_results, head_to_head = bench["merged_results"], bench["head_to_head"]
@@ -56,6 +63,7 @@ def test_toyworld_merge_keeps_one_base_row_and_refuses_other_held_out_sets(tmp_p
         path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
         files.append(str(path))
     rows = merged_results(files[:2])
+    assert [row["method"] for row in merged_results([files[0], legacy(tmp_path, base, ddpo)])] == ["base", "SRRL seed 0", "DDPO seed 0"]
     assert [row["method"] for row in rows] == ["base", "SRRL seed 0", "DDPO seed 0"]
     # Paired on the same held-out pairs: SRRL alone right on 3 (pairs 5-7), DDPO alone on 1 (pair 8).
     assert "| 3 / 1 | 0.62 |" in head_to_head(rows)
