@@ -200,11 +200,9 @@ def merged_results(paths: list[str]) -> list[dict]:
     """The rows of several results.jsonl, one base row first: every file must start with the same base row (the
     same held-out pairs), or their paired statistics would not compare."""
     runs = [[json.loads(line) for line in open(path, encoding="utf-8") if line.strip()] for path in paths]
-    if any(not rows or rows[0]["method"] != "base" for rows in runs):
-        raise ValueError("--merge: every results.jsonl must start with the same base row (the same held-out pairs)")
-    shared = set.intersection(*(set(rows[0]) for rows in runs))  # runs from before verdicts were kept lack them
-    bases = {json.dumps({k: rows[0][k] for k in shared}, sort_keys=True) for rows in runs}
-    if len(bases) != 1:
+    bases = [rows[0] for rows in runs if rows and rows[0]["method"] == "base"]
+    shared = set.intersection(*map(set, bases)) if bases else set()  # runs from before verdicts were kept lack them
+    if len(bases) != len(runs) or len({json.dumps({k: b[k] for k in shared}, sort_keys=True) for b in bases}) != 1:
         raise ValueError("--merge: every results.jsonl must start with the same base row (the same held-out pairs)")
     return runs[0][:1] + [row for rows in runs for row in rows[1:]]
 
