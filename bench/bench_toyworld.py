@@ -107,6 +107,9 @@ def main() -> None:
     parser.add_argument("--plain-only", action="store_true", help="skip the '+ reflect K=1' evaluation of trained LoRAs")
     parser.add_argument("--noise-seed", type=int, default=0,
                         help="held-out noise-seed block (0: the documented table; screen recipes on another block)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the runs already under --out from their last checkpoint (a finished run is only "
+                             "re-evaluated; its row then counts this process's network rows only)")
     parser.add_argument("--merge", nargs="+", metavar="RESULTS_JSONL",
                         help="no sampling: one table from the results.jsonl of runs that split the methods / seeds "
                              "(same held-out set and base row), written to --out/merged.json")
@@ -125,7 +128,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     data = load_config_file(str(RECIPE))
-    recipe = {**data["training"], "progress": False, "resume": False, "tensorboard": False}
+    recipe = {**data["training"], "progress": False, "resume": args.resume, "tensorboard": False}
     if args.stages:
         recipe["stages"] = args.stages
     recipe.update(parse_overrides(args.overrides))
@@ -176,7 +179,8 @@ def main() -> None:
         cost = policy.take()
         images = sum(sampled_images(config, n) for n in range(config.stages))
         extra = dict(stages=config.stages, train_images=images, train_sampling_rows=cost["sampling"], train_update_rows=cost["update"],
-                     train_seconds=round(time.perf_counter() - started), noop_stages=summary["noop_stages"])  # fmt: skip
+                     train_seconds=round(time.perf_counter() - started), noop_stages=summary["noop_stages"],
+                     resumed_from=summary["resumed_from"])  # fmt: skip
         evaluation = evaluate(policy.policy, prompts, seeds, scale=scale)
         record(name, evaluation, base, calls_per_sample=steps, **extra)
         if reflect_after:
