@@ -38,6 +38,11 @@ MU, DATA_STD = 0.7, 0.5
 FLOW = RectifiedFlow()
 
 
+def marginal(sigma: float) -> tuple[float, float]:
+    """Mean and variance of the flow marginal at level sigma."""
+    return (1 - sigma) * MU, (1 - sigma) ** 2 * DATA_STD**2 + sigma**2
+
+
 def denoiser_gain(sigma: float) -> tuple[float, float]:
     """x0_hat = k x + c for the exact denoiser at level sigma."""
     a = 1 - sigma
@@ -79,8 +84,7 @@ def flow_grpo_affine(sigma: float, sigma_next: float, sigma_second: float, noise
 
 def propagate(sigmas: list[float], affine) -> list[tuple[float, float]]:
     """Mean and variance at every level, starting from the exact marginal at sigmas[0]."""
-    a = 1 - sigmas[0]
-    mean, var = a * MU, a**2 * DATA_STD**2 + sigmas[0] ** 2
+    mean, var = marginal(sigmas[0])
     moments = [(mean, var)]
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
         gain, offset, std = affine(sigma, sigma_next)
@@ -90,9 +94,6 @@ def propagate(sigmas: list[float], affine) -> list[tuple[float, float]]:
 
 
 def errors(sigmas: list[float], moments: list[tuple[float, float]]) -> dict:
-    def marginal(sigma):
-        return (1 - sigma) * MU, (1 - sigma) ** 2 * DATA_STD**2 + sigma**2
-
     inner = [v / marginal(s)[1] - 1 for s, (_, v) in zip(sigmas[1:-1], moments[1:-1])]
     final_mean, final_var = moments[-1]
     return {"max_level_var_error": max(inner, key=abs), "final_var_error": final_var / DATA_STD**2 - 1,
