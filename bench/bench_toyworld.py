@@ -2,7 +2,8 @@
 
 Every method is judged on one fixed held-out set -- ``--prompts`` distinct held-out prompts x 4 noise seeds,
 plain eta-0 sampling unless the method samples otherwise -- against the base model on the same pairs: Wilson 95%
-intervals, the exact McNemar test on discordant pairs, pooled and per family. Compute is counted, not assumed:
+intervals, the exact McNemar test on discordant pairs, pooled and per family. The same measurement on as many
+training-split prompts (the prompts training draws from) is reported apart, in the last column. Compute is counted, not assumed:
 ``network rows`` are rows the denoiser network evaluated (a CFG step of one sample is two rows), split into
 sampling and the updates' forward passes; ``images`` are the images training sampled (rollout siblings and
 reflective passes).
@@ -37,7 +38,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from srrl_core.demo import RECIPE  # noqa: E402
-from srrl_core.toyworld.experiment import evaluate, heldout_set, mcnemar_exact, per_family  # noqa: E402
+from srrl_core.toyworld.experiment import evaluate, heldout_set, mcnemar_exact, per_family, training_split_set  # noqa: E402
 from srrl_core.toyworld.verifiers import ToyPhysicsReward  # noqa: E402
 from srrl_core.train import load_config_file, read_prompts  # noqa: E402
 from srrl_core.training import SRRLTrainer, TrainConfig, build_policy  # noqa: E402
@@ -107,6 +108,9 @@ def main() -> None:
     parser.add_argument("--plain-only", action="store_true", help="skip the '+ reflect K=1' evaluation of trained LoRAs")
     parser.add_argument("--noise-seed", type=int, default=0,
                         help="held-out noise-seed block (0: the documented table; screen recipes on another block)")
+    parser.add_argument("--eval-eta", type=float, default=0.0,
+                        help="DDIM eta of every evaluation pass (0: plain deterministic sampling; 1: the ancestral "
+                             "sampling the rollouts train under)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the runs already under --out from their last checkpoint (a finished run is only "
                              "re-evaluated; its row then counts this process's network rows only)")
@@ -134,17 +138,26 @@ def main() -> None:
     recipe.update(parse_overrides(args.overrides))
     train_prompts = read_prompts(data, str(RECIPE.parent))
     prompts, seeds = heldout_set(args.prompts, 4, noise_seed=args.noise_seed)
+    seen_prompts, _ = training_split_set(args.prompts, 4, noise_seed=args.noise_seed)
     steps, scale = recipe["steps"], recipe["rollout_scale"]
     counted = CountedPolicy(steps)
     results: list[dict] = []
 
-    def record(name: str, evaluation, base=None, **extra) -> None:
+    def measure(policy, **kwargs) -> tuple:
+        """(held-out, training-split) evaluations of one way of sampling."""
+        return tuple(evaluate(policy, p, seeds, scale=scale, eta=args.eval_eta, **kwargs) for p in (prompts, seen_prompts))
+
+    def record(name: str, evaluations: tuple, base: tuple | None = None, **extra) -> None:
+        evaluation, seen = evaluations
         low, high = evaluation.interval()
         row = {"method": name, "compliance": evaluation.rate, "ci": [low, high], "n": evaluation.compliant.numel(),
                "per_family": per_family(evaluation, prompts), **extra,
-               "verdicts": "".join("1" if c else "0" for c in evaluation.compliant.tolist())}  # fmt: skip
+               "verdicts": "".join("1" if c else "0" for c in evaluation.compliant.tolist()),
+               "train_split": {"compliance": seen.rate, "ci": list(seen.interval())}}  # fmt: skip
         if base is not None:
-            row["gained"], row["lost"], row["mcnemar_p"] = mcnemar_exact(base.compliant, evaluation.compliant)
+            row["gained"], row["lost"], row["mcnemar_p"] = mcnemar_exact(base[0].compliant, evaluation.compliant)
+            split = row["train_split"]
+            split["gained"], split["lost"], split["mcnemar_p"] = mcnemar_exact(base[1].compliant, seen.compliant)
         results.append(row)
         with open(os.path.join(args.out, "results.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
@@ -152,11 +165,11 @@ def main() -> None:
 
     def judge(**kwargs):
         counted.take()
-        evaluation = evaluate(counted.policy, prompts, seeds, scale=scale, **kwargs)
-        return evaluation, counted.take()["sampling"] // (2 * evaluation.compliant.numel())
+        evaluations = measure(counted.policy, **kwargs)
+        return evaluations, counted.take()["sampling"] // (4 * evaluations[0].compliant.numel())
 
     print(f"held-out: {len(prompts)} prompts x {len(seeds)} seeds = {len(prompts) * len(seeds)} pairs (noise seeds "
-          f"{seeds[0]}..{seeds[-1]}); recipe {RECIPE.name}, {recipe['stages']} stages, overrides {args.overrides}; "
+          f"{seeds[0]}..{seeds[-1]}), sampled at eta {args.eval_eta:g}; recipe {RECIPE.name}, {recipe['stages']} stages, overrides {args.overrides}; "
           f"training seeds {args.seeds}", flush=True)
     print(HEADER, flush=True)
     base, calls = judge()
@@ -181,11 +194,10 @@ def main() -> None:
         extra = dict(stages=config.stages, train_images=images, train_sampling_rows=cost["sampling"], train_update_rows=cost["update"],
                      train_seconds=round(time.perf_counter() - started), noop_stages=summary["noop_stages"],
                      resumed_from=summary["resumed_from"])  # fmt: skip
-        evaluation = evaluate(policy.policy, prompts, seeds, scale=scale)
-        record(name, evaluation, base, calls_per_sample=steps, **extra)
+        record(name, measure(policy.policy), base, calls_per_sample=steps, **extra)
         if reflect_after:
-            evaluation = evaluate(policy.policy, prompts, seeds, scale=scale, rounds=1, renoise_strength=args.strength)
-            record(f"{name} + reflect K=1", evaluation, base, calls_per_sample=steps + 2 * round(args.strength * steps), **extra)
+            evaluations = measure(policy.policy, rounds=1, renoise_strength=args.strength)
+            record(f"{name} + reflect K=1", evaluations, base, calls_per_sample=steps + 2 * round(args.strength * steps), **extra)
 
     for seed in args.seeds:
         srrl = TrainConfig.from_dict({**recipe, "seed": recipe.get("seed", 300) + seed,
@@ -229,7 +241,8 @@ def head_to_head(results: list[dict]) -> str:
 
 
 HEADER = ("| method | compliance | 95% CI | gained / lost | McNemar p | calls / sample | training images | "
-          "gain per 1000 training images | balance / shadow / water |\n|---|---|---|---|---|---|---|---|---|")
+          "gain per 1000 training images | balance / shadow / water | training split (gained / lost) |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
 
 
 def paired_cells(row: dict) -> tuple[str, str, str, str]:
@@ -245,7 +258,9 @@ def format_row(row: dict, base_rate: float) -> str:
     rate, paired, p, families = paired_cells(row)
     images = row.get("train_images", 0)
     per_1000 = f"{1000 * (row['compliance'] - base_rate) / images:+.4f}" if images else ""
-    return f"| {row['method']} | {rate} | {paired} | {p} | {row['calls_per_sample']} | {images or ''} | {per_1000} | {families} |"
+    split = row.get("train_split")  # rows from before the training split was measured lack it
+    seen = f"{split['compliance']:.3f}" + (f" ({split['gained']} / {split['lost']})" if "gained" in split else "") if split else ""
+    return f"| {row['method']} | {rate} | {paired} | {p} | {row['calls_per_sample']} | {images or ''} | {per_1000} | {families} | {seen} |"
 
 
 if __name__ == "__main__":

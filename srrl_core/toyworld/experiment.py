@@ -54,8 +54,18 @@ def distinct_prompts(split: str, n: int, seed: int) -> list[str]:
 def heldout_set(prompts: int = 96, seeds: int = 4, noise_seed: int = 0) -> tuple[list[str], list[int]]:
     """The held-out evaluation set: ``prompts`` distinct held-out prompts (always the same) x ``seeds`` noise
     seeds (a block chosen by ``noise_seed``, far from the seeds training draws)."""
+    return distinct_prompts("heldout", prompts, seed=1), noise_block(seeds, noise_seed)
+
+
+def training_split_set(prompts: int = 96, seeds: int = 4, noise_seed: int = 0) -> tuple[list[str], list[int]]:
+    """The same measurement on prompts that training draws from (``prompts`` distinct training-split prompts x the
+    held-out set's noise seeds): reported apart, so that a gain that does not generalise shows."""
+    return distinct_prompts("train", prompts, seed=1), noise_block(seeds, noise_seed)
+
+
+def noise_block(seeds: int, noise_seed: int) -> list[int]:
     first = 10_000 + 1000 * noise_seed
-    return distinct_prompts("heldout", prompts, seed=1), list(range(first, first + seeds))
+    return list(range(first, first + seeds))
 
 
 def mcnemar_exact(before: torch.Tensor, after: torch.Tensor) -> tuple[int, int, float]:

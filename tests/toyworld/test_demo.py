@@ -3,11 +3,12 @@ changes nothing."""
 
 import json
 import math
+from pathlib import Path
 
 import torch
 
 from srrl_core import demo
-from srrl_core.toyworld.experiment import heldout_set, mcnemar_exact
+from srrl_core.toyworld.experiment import heldout_set, mcnemar_exact, training_split_set
 
 
 def run(tmp_path, name, *args):
@@ -36,6 +37,15 @@ def test_the_seed_moves_the_heldout_noise_but_not_the_prompts():
     prompts1, seeds1 = heldout_set(96, 4, noise_seed=1)
     assert prompts0 == prompts1 and len(set(prompts0)) == 96
     assert not set(seeds0) & set(seeds1)
+
+
+def test_the_training_split_set_is_what_training_draws_and_shares_the_heldout_noise():
+    held_out, seeds = heldout_set(96, 4, noise_seed=2)
+    seen, seen_seeds = training_split_set(96, 4, noise_seed=2)
+    shipped = Path(__file__).parents[2] / "configs" / "prompts" / "toyworld_train.txt"
+    training_file = {line.strip() for line in shipped.read_text(encoding="utf-8").splitlines() if not line.startswith("#")}
+    assert len(set(seen)) == 96 and set(seen) <= training_file and not set(seen) & set(held_out)
+    assert seen_seeds == seeds
 
 
 def test_mcnemar_exact_matches_the_binomial_tail():

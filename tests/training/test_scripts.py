@@ -70,6 +70,10 @@ def test_toyworld_merge_keeps_one_base_row_and_refuses_other_held_out_sets(tmp_p
     assert len(head_to_head([rows[0], rows[1], {**ddpo, "stages": 32}]).splitlines()) == 2  # other budget: no pair
     with pytest.raises(ValueError, match="same base row"):
         merged_results([files[0], files[2]])
+    # The training split has its own column; rows from before it was measured leave it empty.
+    seen = {**srrl, "calls_per_sample": 10, "train_split": {"compliance": 0.75, "ci": [0.4, 0.9], "gained": 3, "lost": 1}}
+    assert bench["format_row"](seen, 0.5).endswith("| 0.750 (3 / 1) |")
+    assert bench["format_row"]({**srrl, "calls_per_sample": 10}, 0.5).endswith("|  |")
 
 
 def test_flow_rollout_benchmark_reads_the_shipped_step_exactly():
