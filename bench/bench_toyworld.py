@@ -17,6 +17,7 @@ Methods:
   SRRL + reflect 1   the same LoRA with one reflective round
   DDPO               the same trainer without reflection or branching: every trajectory independent, all steps,
                      every sample trained with its per-prompt advantage; as many sampled images as SRRL
+  DDPO + reflect 1   the DDPO LoRA with one reflective round: does training through reflection help reflection?
   SRRL lr = 0        the control: the SRRL run with learning rate 0 (first seed)
 
     python bench/bench_toyworld.py [--seeds 0 1 2] [--stages 24] [--prompts 96] [--threads 2] [--quick]
@@ -205,7 +206,7 @@ def main() -> None:
         if "srrl" in args.methods:
             train(f"SRRL seed {seed}", srrl, reflect_after=not args.plain_only)
         if "ddpo" in args.methods:
-            train(f"DDPO seed {seed}", ddpo_config(srrl, os.path.join(args.out, f"ddpo-{seed}")))
+            train(f"DDPO seed {seed}", ddpo_config(srrl, os.path.join(args.out, f"ddpo-{seed}")), reflect_after=not args.plain_only)
         if "control" in args.methods and seed == args.seeds[0]:
             control = TrainConfig.from_dict({**srrl.to_dict(), "learning_rate": 0.0, "output_dir": os.path.join(args.out, "control")})
             train(f"SRRL lr=0 seed {seed}", control)
