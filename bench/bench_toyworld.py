@@ -153,7 +153,7 @@ def main() -> None:
         low, high = evaluation.interval()
         row = {"method": name, "compliance": evaluation.rate, "ci": [low, high], "n": evaluation.compliant.numel(),
                "per_family": per_family(evaluation, prompts), **extra,
-               "verdicts": "".join("1" if c else "0" for c in evaluation.compliant.tolist()),
+               "eval_eta": args.eval_eta, "verdicts": "".join("1" if c else "0" for c in evaluation.compliant.tolist()),
                "train_split": {"compliance": seen.rate, "ci": list(seen.interval())}}  # fmt: skip
         if base is not None:
             row["gained"], row["lost"], row["mcnemar_p"] = mcnemar_exact(base[0].compliant, evaluation.compliant)
@@ -167,7 +167,8 @@ def main() -> None:
     def judge(**kwargs):
         counted.take()
         evaluations = measure(counted.policy, **kwargs)
-        return evaluations, counted.take()["sampling"] // (4 * evaluations[0].compliant.numel())
+        samples = sum(e.compliant.numel() for e in evaluations)
+        return evaluations, counted.take()["sampling"] // (2 * samples)  # a CFG call evaluates two rows
 
     print(f"held-out: {len(prompts)} prompts x {len(seeds)} seeds = {len(prompts) * len(seeds)} pairs (noise seeds "
           f"{seeds[0]}..{seeds[-1]}), sampled at eta {args.eval_eta:g}; recipe {RECIPE.name}, {recipe['stages']} stages, overrides {args.overrides}; "
@@ -259,8 +260,10 @@ def format_row(row: dict, base_rate: float) -> str:
     rate, paired, p, families = paired_cells(row)
     images = row.get("train_images", 0)
     per_1000 = f"{1000 * (row['compliance'] - base_rate) / images:+.4f}" if images else ""
-    split = row.get("train_split")  # rows from before the training split was measured lack it
-    seen = f"{split['compliance']:.3f}" + (f" ({split['gained']} / {split['lost']})" if "gained" in split else "") if split else ""
+    split = row.get("train_split", {})  # rows from before the training split was measured lack it
+    seen = f"{split['compliance']:.3f}" if split else ""
+    if "gained" in split:
+        seen += f" ({split['gained']} / {split['lost']})"
     return f"| {row['method']} | {rate} | {paired} | {p} | {row['calls_per_sample']} | {images or ''} | {per_1000} | {families} | {seen} |"
 
 
