@@ -51,21 +51,27 @@ def distinct_prompts(split: str, n: int, seed: int) -> list[str]:
     return out
 
 
-def heldout_set(prompts: int = 96, seeds: int = 4, noise_seed: int = 0) -> tuple[list[str], list[int]]:
+def heldout_set(prompts: int = 96, seeds: int = 4, noise_seed: int | Sequence[int] = 0) -> tuple[list[str], list[int]]:
     """The held-out evaluation set: ``prompts`` distinct held-out prompts (always the same) x ``seeds`` noise
-    seeds (a block chosen by ``noise_seed``, far from the seeds training draws)."""
+    seeds per block chosen by ``noise_seed`` (far from the seeds training draws; several blocks pool their seeds)."""
     return distinct_prompts("heldout", prompts, seed=1), noise_block(seeds, noise_seed)
 
 
-def training_split_set(prompts: int = 96, seeds: int = 4, noise_seed: int = 0) -> tuple[list[str], list[int]]:
+def training_split_set(prompts: int = 96, seeds: int = 4, noise_seed: int | Sequence[int] = 0) -> tuple[list[str], list[int]]:
     """The same measurement on prompts that training draws from (``prompts`` distinct training-split prompts x the
     held-out set's noise seeds): reported apart, so that a gain that does not generalise shows."""
     return distinct_prompts("train", prompts, seed=1), noise_block(seeds, noise_seed)
 
 
-def noise_block(seeds: int, noise_seed: int) -> list[int]:
-    first = 10_000 + 1000 * noise_seed
-    return list(range(first, first + seeds))
+def noise_block(seeds: int, noise_seed: int | Sequence[int]) -> list[int]:
+    """``seeds`` noise seeds of block ``noise_seed`` (blocks start 1000 apart, from 10 000), or of each listed block
+    in turn: one LoRA's compliance moves by up to 0.2 between blocks (docs/performance.md), so screens pool several."""
+    blocks = [noise_seed] if isinstance(noise_seed, int) else list(noise_seed)
+    if not blocks or len(set(blocks)) != len(blocks) or min(blocks) < 0:
+        raise ValueError(f"noise_seed must be one block >= 0 or distinct blocks >= 0, got {noise_seed!r}")
+    if not 1 <= seeds <= 1000:
+        raise ValueError(f"seeds per noise block must be in [1, 1000] (blocks are 1000 apart), got {seeds}")
+    return [10_000 + 1000 * block + i for block in blocks for i in range(seeds)]
 
 
 def mcnemar_exact(before: torch.Tensor, after: torch.Tensor) -> tuple[int, int, float]:

@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from srrl_core import demo
@@ -37,6 +38,10 @@ def test_the_seed_moves_the_heldout_noise_but_not_the_prompts():
     prompts1, seeds1 = heldout_set(96, 4, noise_seed=1)
     assert prompts0 == prompts1 and len(set(prompts0)) == 96
     assert not set(seeds0) & set(seeds1)
+    assert heldout_set(96, 4, noise_seed=[0, 1]) == (prompts0, seeds0 + seeds1)  # several blocks pool their seeds
+    for bad in ([0, 0], [], -1):
+        with pytest.raises(ValueError, match="noise_seed must be"):
+            heldout_set(96, 4, noise_seed=bad)
 
 
 def test_the_training_split_set_is_what_training_draws_and_shares_the_heldout_noise():
