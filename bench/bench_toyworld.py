@@ -2,11 +2,11 @@
 
 Every method is judged on one fixed held-out set -- ``--prompts`` distinct held-out prompts x 4 noise seeds per
 ``--noise-seed`` block, plain eta-0 sampling unless the method samples otherwise -- against the base model on the
-same pairs: Wilson 95% intervals, the exact McNemar test on discordant pairs, pooled and per family. The same measurement on as many
-training-split prompts (the prompts training draws from) is reported apart, in the last column. Compute is counted, not assumed:
-``network rows`` are rows the denoiser network evaluated (a CFG step of one sample is two rows), split into
-sampling and the updates' forward passes; ``images`` are the images training sampled (rollout siblings and
-reflective passes).
+same pairs: Wilson 95% intervals, the exact McNemar test on discordant pairs, pooled and per family. The same
+measurement on as many training-split prompts (the prompts training draws from) is reported apart, in the last
+column. Compute is counted, not assumed: ``network rows`` are rows the denoiser network evaluated (a CFG step of
+one sample is two rows), split into sampling and the updates' forward passes; ``images`` are the images training
+sampled (rollout siblings and reflective passes).
 
 Methods:
   base               plain DDIM

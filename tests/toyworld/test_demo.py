@@ -42,6 +42,8 @@ def test_the_seed_moves_the_heldout_noise_but_not_the_prompts():
     for bad in ([0, 0], [], -1):
         with pytest.raises(ValueError, match="noise_seed must be"):
             heldout_set(96, 4, noise_seed=bad)
+    with pytest.raises(ValueError, match=r"seeds per noise block must be in \[1, 1000\]"):
+        heldout_set(96, 1001, noise_seed=[0, 1])  # would overlap the next block
 
 
 def test_the_training_split_set_is_what_training_draws_and_shares_the_heldout_noise():
