@@ -197,10 +197,11 @@ def main() -> None:
         extra = dict(stages=config.stages, train_images=images, train_sampling_rows=cost["sampling"], train_update_rows=cost["update"],
                      train_seconds=round(time.perf_counter() - started), noop_stages=summary["noop_stages"],
                      resumed_from=summary["resumed_from"])  # fmt: skip
-        record(name, measure(policy.policy), base, calls_per_sample=steps, **extra)
-        if reflect_after:
-            evaluations = measure(policy.policy, rounds=1, renoise_strength=args.strength)
-            record(f"{name} + reflect K=1", evaluations, base, calls_per_sample=steps + 2 * round(args.strength * steps), **extra)
+        with trainer.final_weights():
+            record(name, measure(policy.policy), base, calls_per_sample=steps, **extra)
+            if reflect_after:
+                evaluations = measure(policy.policy, rounds=1, renoise_strength=args.strength)
+                record(f"{name} + reflect K=1", evaluations, base, calls_per_sample=steps + 2 * round(args.strength * steps), **extra)
 
     for seed in args.seeds:
         srrl = TrainConfig.from_dict({**recipe, "seed": recipe.get("seed", 300) + seed,

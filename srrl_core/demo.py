@@ -82,14 +82,16 @@ def main(argv=None) -> int:
 
     def probe(event: str, info: dict) -> None:
         if event == "stage_end":
-            reward = float(evaluate(policy, probe_prompts, probe_seeds, scale=scale).scores.mean())
+            with trainer.final_weights():
+                reward = float(evaluate(policy, probe_prompts, probe_seeds, scale=scale).scores.mean())
             probes.append({"stage": info["stage"], "probe_reward": reward})
             print(f"[demo]     stage {info['stage']}: probe reward {reward:.3f}, kept {info['metrics']['kept_trajectories']}", flush=True)
 
     trainer = SRRLTrainer(policy, ToyPhysicsReward(), read_prompts(data, os.path.dirname(os.path.abspath(args.config))),
                           config, callbacks=[probe])  # fmt: skip
     summary = trainer.train()
-    after = evaluate(policy, heldout, seeds, scale=scale)
+    with trainer.final_weights():
+        after = evaluate(policy, heldout, seeds, scale=scale)
     gained, lost, p_value = mcnemar_exact(before.compliant, after.compliant)
     seconds = time.perf_counter() - started
     result = {

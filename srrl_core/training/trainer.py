@@ -236,8 +236,13 @@ class SRRLTrainer:
         unet_config = getattr(self.policy.network, "config", None)
         meta = {"srrl_stage": self.stage, "srrl_base_model": self.policy.name, "ss_network_dim": self.config.lora_rank,
                 "ss_network_alpha": self.config.lora_alpha}  # fmt: skip
-        with self.ppo.ema.applied() if self.ppo.ema is not None else contextlib.nullcontext():
+        with self.final_weights():
             return export_lora(self.policy.network, path, key_style=style, unet_config=unet_config, dtype=dtype, metadata=meta)
+
+    def final_weights(self):
+        """Context: the network holds the weights a run hands out (the LoRA EMA when ``ema_decay`` > 0, else the
+        live LoRA) inside the block, the live ones again after it. Export and every evaluation of a trained run use it."""
+        return self.ppo.ema.applied() if self.ppo.ema is not None else contextlib.nullcontext()
 
     def save_checkpoint(self) -> str | None:
         """Checkpoint the completed stages (main process); returns the folder."""

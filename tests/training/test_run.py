@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from srrl_core.training import SRRLTrainer, TrainConfig, TrainingDiverged, build_policy, lora_state_dict, sample_rewards
-from srrl_core.training.checkpoint import latest_checkpoint
+from srrl_core.training.checkpoint import latest_checkpoint, load_checkpoint
 from tests.helpers.support import REPO
 
 PROMPTS = ["a red cube", "a blue sphere", "a green cone"]
@@ -113,6 +113,22 @@ def test_a_run_killed_mid_stage_resumes_to_the_same_lora(tmp_path):
     exported, exported_resumed = load_file(straight.lora_path()), load_file(resumed.lora_path())  # the EMA weights
     assert exported.keys() == exported_resumed.keys()
     assert all(torch.equal(exported[k], exported_resumed[k]) for k in exported)
+
+
+def test_final_weights_are_the_lora_ema_and_the_live_weights_come_back(tmp_path):
+    config = small_config(tmp_path, stages=2, ema_decay=0.5)
+    trainer = SRRLTrainer(build_policy("tiny", 6), brightness, PROMPTS, config)
+    trainer.train()
+    live = lora_state_dict(trainer.policy.network)
+    with trainer.final_weights():
+        handed_out = lora_state_dict(trainer.policy.network)
+    assert all(torch.equal(v, lora_state_dict(trainer.policy.network)[k]) for k, v in live.items())  # restored
+    assert any(not torch.equal(live[k], handed_out[k]) for k in live)  # the average lags the last step
+    saved_ema = load_checkpoint(latest_checkpoint(config.output_dir)).ema
+    assert all(torch.equal(saved_ema[k], handed_out[k]) for k in handed_out)
+    exported = load_file(trainer.lora_path())  # fp16, kohya keys: the same numbers to fp16 rounding
+    assert sorted(v.float().abs().sum().item() for v in exported.values() if v.dim() > 0) == pytest.approx(
+        sorted(v.abs().sum().item() for v in handed_out.values()), rel=2e-3)
 
 
 def test_resume_refuses_a_checkpoint_of_another_base_model(tmp_path):
