@@ -122,11 +122,13 @@ def test_final_weights_are_the_lora_ema_and_the_live_weights_come_back(tmp_path)
     live = lora_state_dict(trainer.policy.network)
     with trainer.final_weights():
         handed_out = lora_state_dict(trainer.policy.network)
-    assert all(torch.equal(v, lora_state_dict(trainer.policy.network)[k]) for k, v in live.items())  # restored
+    restored = lora_state_dict(trainer.policy.network)
+    assert all(torch.equal(v, restored[k]) for k, v in live.items())
     assert any(not torch.equal(live[k], handed_out[k]) for k in live)  # the average lags the last step
     saved_ema = load_checkpoint(latest_checkpoint(config.output_dir)).ema
     assert all(torch.equal(saved_ema[k], handed_out[k]) for k in handed_out)
-    exported = load_file(trainer.lora_path())  # fp16, kohya keys: the same numbers to fp16 rounding
+    # fp16 rounds each element by at most 2^-11 relative, so each tensor's sum of |w| moves by at most 4.9e-4 of itself.
+    exported = load_file(trainer.lora_path())
     assert sorted(v.float().abs().sum().item() for v in exported.values() if v.dim() > 0) == pytest.approx(
         sorted(v.abs().sum().item() for v in handed_out.values()), rel=2e-3)
 
