@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from ..sampling.reflective import SELECTIONS
 from ..validation import check_choice, check_float, check_int
 from .advantages import ADVANTAGE_MODES
-from .selection import SIBLING_SELECTIONS
+from .selection import GAP_SCOPES, SIBLING_SELECTIONS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 RENAMED = {"reflection_strength": "renoise_strength"}  # old setting -> new name: saved configs get told, not "unknown"
@@ -69,6 +69,7 @@ class TrainConfig:
     positive_threshold: float = 0.5  # keep a group's best sibling when its advantage >= this
     negative_threshold: float = -0.5  # keep a group's worst sibling when its advantage < this
     min_reward_gap: float = 0.0  # in reward units: a group whose rewards differ less keeps no sibling
+    reward_gap_scope: str = "group"  # whose rewards that gap spans: the group's siblings, or all its prompt's samples
 
     # PPO-clipped update.
     epochs: int = 2
@@ -139,6 +140,7 @@ class TrainConfig:
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         check_choice("advantage_mode", self.advantage_mode, ADVANTAGE_MODES)
         check_choice("sibling_selection", self.sibling_selection, SIBLING_SELECTIONS)
+        check_choice("reward_gap_scope", self.reward_gap_scope, GAP_SCOPES)
         if self.lora_targets is not None and (not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets)):
             raise ValueError(f"lora_targets must be a non-empty list of module-name suffixes, got {self.lora_targets!r}")
         largest = self.split_step(self.curriculum_period - 1)

@@ -9,25 +9,45 @@ rewards :math:`r_{p,1..G}`:
 ``all`` (DDPO / GRPO)
     every sibling trains with its advantage.
 
-Either way a group keeps nothing when its rewards differ by less than ``min_gap``
-(:math:`\max_g r_{p,g} - \min_g r_{p,g}`): the best of near-identical siblings is not better, and training on it
-pushes the policy along noise. Only the transitions after the branching point are trained: before it the
-siblings share one prefix.
+Either way a group keeps nothing when the rewards it is compared with differ by less than ``min_gap``: the best of
+near-identical samples is not better, and training on it pushes the policy along noise. Which rewards
+(``TrainConfig.reward_gap_scope``, :func:`reward_spread`): ``group``, the group's own siblings
+(:math:`\max_g r_{p,g} - \min_g r_{p,g}`, the GRPO view); or ``prompt``, every sample of the group's prompt this
+stage -- the set a per-prompt baseline compares against, so a group whose siblings tie at 1 still trains when its
+prompt's other groups scored 0. Only the transitions after the branching point are trained: before it the siblings
+share one prefix.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 
 
 SIBLING_SELECTIONS = ("best_worst", "all")
+GAP_SCOPES = ("group", "prompt")
+
+
+def reward_spread(rewards: torch.Tensor, keys: Sequence) -> torch.Tensor:
+    """Each reward's range (max - min) over the rewards [N] that share its key (its group, or its prompt)."""
+    if len(keys) != rewards.numel():
+        raise ValueError(f"keys must hold one entry per reward ({rewards.numel()}), got {len(keys)}")
+    spread = torch.empty_like(rewards)
+    rows: dict = {}
+    for i, key in enumerate(keys):
+        rows.setdefault(key, []).append(i)
+    for indices in rows.values():
+        values = rewards[indices]
+        spread[indices] = values.max() - values.min()
+    return spread
 
 
 def select_siblings(advantages: torch.Tensor, positive_threshold: float = 0.5, negative_threshold: float = -0.5,
-                    rewards: torch.Tensor | None = None, min_gap: float = 0.0, mode: str = "best_worst") -> torch.Tensor:  # fmt: skip
+                    spread: torch.Tensor | None = None, min_gap: float = 0.0, mode: str = "best_worst") -> torch.Tensor:  # fmt: skip
     """Bool mask [P, G] of kept siblings for advantages [P, G] (``best_worst``: argmax / argmin per group, first on
-    ties; ``all``: every sibling); with ``rewards`` [P, G], groups whose reward range is below ``min_gap`` keep
-    nothing."""
+    ties; ``all``: every sibling); with ``spread`` [P] (each group's reward range, :func:`reward_spread`), groups
+    whose spread is below ``min_gap`` keep nothing."""
     if advantages.ndim != 2 or advantages.shape[1] < 1:
         raise ValueError(f"advantages must be [groups, siblings], got shape {tuple(advantages.shape)}")
     if mode not in SIBLING_SELECTIONS:
@@ -41,9 +61,8 @@ def select_siblings(advantages: torch.Tensor, positive_threshold: float = 0.5, n
         worst_value, worst = advantages.min(dim=1)
         keep[rows, best] |= best_value >= positive_threshold
         keep[rows, worst] |= worst_value < negative_threshold
-    if rewards is not None:
-        if rewards.shape != advantages.shape:
-            raise ValueError(f"rewards must have the advantages' shape {tuple(advantages.shape)}, got {tuple(rewards.shape)}")
-        gap = rewards.max(dim=1).values - rewards.min(dim=1).values
-        keep &= (gap >= min_gap).to(keep.device)[:, None]
+    if spread is not None:
+        if spread.shape != advantages.shape[:1]:
+            raise ValueError(f"spread must hold one value per group ({advantages.shape[0]}), got shape {tuple(spread.shape)}")
+        keep &= (spread >= min_gap).to(keep.device)[:, None]
     return keep

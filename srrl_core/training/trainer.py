@@ -8,7 +8,7 @@ One stage n (see :mod:`.rollout`, :mod:`.selection`, :mod:`.ppo`):
 2. score the siblings' decoded images, gather the scores of all processes and turn them into advantages
    (:mod:`.advantages`: per prompt with a batch fallback and a std floor, per group, or by win rate);
 3. keep each group's best sibling if :math:`A \ge \tau_+` and its worst if :math:`A < \tau_-`, when the group's
-   rewards differ by at least ``min_reward_gap`` (:mod:`.selection`);
+   rewards (or its prompt's: ``reward_gap_scope``) differ by at least ``min_reward_gap`` (:mod:`.selection`);
 4. the PPO update (:class:`.ppo.PPOUpdate`): ``epochs`` passes over the kept transitions in shuffled micro-batches
    (each row at its own noise level): recompute the CFG-guided prediction with LoRA, :math:`\log p_\theta` by
    :func:`srrl_core.sampling.ddim_log_prob`, the clipped surrogate (plus the optional KL penalty), and take an
@@ -48,7 +48,7 @@ from .metrics import MetricsWriter
 from .policy import PolicyModel
 from .ppo import PPOUpdate, kept_transitions
 from .rollout import GLOBAL, PROMPTS, SHUFFLE, collect_rollout, derive_seed, stochastic_steps
-from .selection import select_siblings
+from .selection import reward_spread, select_siblings
 
 logger = logging.getLogger(__name__)
 
@@ -181,9 +181,11 @@ class SRRLTrainer:
         local_adv = advantages[rows]
 
         # Select the siblings that train; their stochastic transitions are the PPO samples.
+        groups = [row // config.split_time for row in range(len(row_prompts))]
+        gap_keys = row_prompts if config.reward_gap_scope == "prompt" else groups
+        spread = reward_spread(rewards, gap_keys)[rows].view(local, config.split_time)[:, 0]
         keep = select_siblings(local_adv.view(local, config.split_time), config.positive_threshold, config.negative_threshold,
-                               rewards[rows].view(local, config.split_time), config.min_reward_gap,
-                               config.sibling_selection)  # fmt: skip
+                               spread, config.min_reward_gap, config.sibling_selection)  # fmt: skip
         shuffle = torch.Generator().manual_seed(derive_seed(config.seed, stage, SHUFFLE, dist.rank))
         samples = kept_transitions(rollout, keep, local_adv, config, shuffle)
         counts = dist.all_reduce_sum_(torch.tensor([int(keep.sum()), len(samples)], dtype=torch.float64))
@@ -200,8 +202,9 @@ class SRRLTrainer:
         # The PPO update: one optimiser step per trajectories_per_update kept trajectories' worth of transitions.
         if kept == 0:
             logger.warning("stage %d kept no trajectory: no group passed selection (%s, thresholds %+g / %+g, reward gap "
-                           ">= %g); skipping its update", stage, config.sibling_selection, config.positive_threshold,
-                           config.negative_threshold, config.min_reward_gap)  # fmt: skip
+                           ">= %g over each %s); skipping its update", stage, config.sibling_selection,
+                           config.positive_threshold, config.negative_threshold, config.min_reward_gap,
+                           config.reward_gap_scope)  # fmt: skip
         elif transitions == 0:
             logger.warning("stage %d kept %d trajectories but none of their transitions is stochastic (split step %d); "
                            "skipping its update", stage, kept, split_step)  # fmt: skip

@@ -8,6 +8,7 @@ import torch
 
 from srrl_core.training import select_siblings
 from srrl_core.training.advantages import AdvantageEstimator, win_rates
+from srrl_core.training.selection import reward_spread
 
 
 def test_per_prompt_statistics_when_the_prompt_has_enough_samples():
@@ -51,23 +52,45 @@ def test_win_rate_mode_uses_only_the_order():
     torch.testing.assert_close(a, b)
 
 
+def group_spread(rewards: torch.Tensor) -> torch.Tensor:
+    """Each group's reward range, for rewards [P, G] (the ``group`` scope)."""
+    groups, siblings = rewards.shape
+    return reward_spread(rewards.flatten(), [row // siblings for row in range(groups * siblings)]).view(groups, siblings)[:, 0]
+
+
 def test_the_gap_rule_drops_groups_of_near_identical_siblings():
     advantages = torch.tensor([[1.4, -1.4, 0.0], [1.0, -1.0, 0.0]])
     rewards = torch.tensor([[0.988, 0.987, 0.9875], [0.9, 0.2, 0.5]])
-    keep = select_siblings(advantages, 0.5, -0.5, rewards, min_gap=0.05)
+    keep = select_siblings(advantages, 0.5, -0.5, group_spread(rewards), min_gap=0.05)
     assert keep.tolist() == [[False, False, False], [True, True, False]]
-    assert select_siblings(advantages, 0.5, -0.5).sum() == 4  # without rewards: the reference's rule
-    with pytest.raises(ValueError, match="rewards must have the advantages' shape"):
-        select_siblings(advantages, 0.5, -0.5, rewards[:1], 0.05)
+    assert select_siblings(advantages, 0.5, -0.5).sum() == 4  # without a spread: the reference's rule
+    with pytest.raises(ValueError, match="spread must hold one value per group"):
+        select_siblings(advantages, 0.5, -0.5, group_spread(rewards)[:1], 0.05)
 
 
 def test_keep_all_selection_trains_every_sibling_of_groups_that_differ():
     advantages = torch.tensor([[0.1, -0.1, 0.0], [1.0, -1.0, 0.0]])
     rewards = torch.tensor([[0.5, 0.49, 0.495], [0.9, 0.2, 0.5]])
-    keep = select_siblings(advantages, 0.5, -0.5, rewards, min_gap=0.05, mode="all")
+    keep = select_siblings(advantages, 0.5, -0.5, group_spread(rewards), min_gap=0.05, mode="all")
     assert keep.tolist() == [[False, False, False], [True, True, True]]
     with pytest.raises(ValueError, match="sibling_selection must be one of"):
         select_siblings(advantages, mode="some")
+
+
+def test_prompt_scope_keeps_tied_groups_whose_prompt_differs():
+    # Prompt a: one group of siblings all at 1, one all at 0 (each group tied, the prompt split); prompt b: all tied.
+    rewards = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.7, 0.71, 0.7, 0.72])
+    prompts = ["a"] * 4 + ["b"] * 4
+    advantages = AdvantageEstimator(min_count=4, std_floor=0.05)(rewards, prompts, group_size=2).view(4, 2)
+    torch.testing.assert_close(advantages[:2], torch.tensor([[1.0, 1.0], [-1.0, -1.0]]))
+    by_group = select_siblings(advantages, spread=group_spread(rewards.view(4, 2)), min_gap=0.05, mode="all")
+    assert not by_group.any()  # every group's siblings tie: the group scope trains nothing
+    by_prompt = reward_spread(rewards, prompts).view(4, 2)[:, 0]
+    torch.testing.assert_close(by_prompt, torch.tensor([1.0, 1.0, 0.02, 0.02]))
+    keep = select_siblings(advantages, spread=by_prompt, min_gap=0.05, mode="all")
+    assert keep.tolist() == [[True, True], [True, True], [False, False], [False, False]]
+    with pytest.raises(ValueError, match="keys must hold one entry per reward"):
+        reward_spread(rewards, prompts[:3])
 
 
 def test_history_window_holds_this_batch_plus_the_last_n_batches():

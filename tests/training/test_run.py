@@ -172,6 +172,24 @@ def test_a_stage_that_keeps_nothing_warns_and_skips_its_update(tmp_path, caplog)
     assert all(v.abs().sum() == 0 for k, v in lora_state_dict(trainer.policy.network).items() if "lora_B" in k)
 
 
+def test_the_prompt_gap_scope_trains_groups_that_tie_inside_but_differ_across(tmp_path, caplog):
+    # One stage, one reward call for all 48 rows (3 prompts x 4 groups x 4 siblings, prompt-major): every group's
+    # siblings score alike, a prompt's groups alternate 0 / 1.
+    def alternating_groups(images, prompts):
+        return torch.tensor([float(row // 4 % 2) for row in range(len(images))])
+
+    kept = {}
+    for scope in ("group", "prompt"):
+        config = small_config(tmp_path / scope, stages=1, micro_batch_size=48, min_reward_gap=0.05,
+                              sibling_selection="all", reward_gap_scope=scope)  # fmt: skip
+        trainer = SRRLTrainer(build_policy("tiny", config.steps), alternating_groups, PROMPTS, config)
+        with caplog.at_level(logging.WARNING):
+            trainer.train()
+        kept[scope] = trainer.history[0]["kept_trajectories"]
+    assert kept == {"group": 0, "prompt": 48}
+    assert "reward gap >= 0.05 over each group" in caplog.text
+
+
 def test_a_constant_reward_trains_nothing_and_says_so(tmp_path, caplog):
     config = small_config(tmp_path, stages=2)
     trainer = SRRLTrainer(build_policy("tiny", 6), lambda images, prompts: torch.full((len(images),), 0.7), PROMPTS, config)

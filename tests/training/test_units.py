@@ -103,6 +103,7 @@ def test_curriculum_matches_the_reference_and_seeds_do_not_repeat():
         (dict(rollout_eta=0.0), r"rollout_eta must be .*\[0.001, 1.0\]"),
         (dict(negative_threshold=1.0), r"negative_threshold must be .*<= 0.5"),
         (dict(mixed_precision="fp8"), r"mixed_precision must be one of"),
+        (dict(reward_gap_scope="batch"), r"reward_gap_scope must be one of"),
         (dict(lora_targets=()), r"lora_targets must be a non-empty list"),
     ],
 )
