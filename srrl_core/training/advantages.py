@@ -53,7 +53,8 @@ def win_rates(rewards: torch.Tensor) -> torch.Tensor:
     return wins / (n - 1)
 
 
-def _groups(keys: Sequence) -> dict:
+def rows_by_key(keys: Sequence) -> dict:
+    """{key: [indices of the rows with that key]}, in first-seen order."""
     groups: dict = {}
     for i, key in enumerate(keys):
         groups.setdefault(key, []).append(i)
@@ -90,7 +91,7 @@ class AdvantageEstimator:
                 group = rewards[start : start + group_size]
                 out[start : start + group_size] = standardize(group, group, self.std_floor, self.eps)
             return out.float()
-        for prompt, indices in _groups(prompts).items():
+        for prompt, indices in rows_by_key(prompts).items():
             values = rewards[indices]
             if self.mode == "win_rate":
                 rates = win_rates(values)
@@ -142,4 +143,4 @@ class AdvantageEstimator:
             self.load_state_dict(json.load(f))
 
 
-__all__ = ["ADVANTAGE_MODES", "AdvantageEstimator", "standardize", "win_rates"]
+__all__ = ["ADVANTAGE_MODES", "AdvantageEstimator", "rows_by_key", "standardize", "win_rates"]

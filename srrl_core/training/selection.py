@@ -24,6 +24,7 @@ from typing import Sequence
 
 import torch
 
+from .advantages import rows_by_key
 
 SIBLING_SELECTIONS = ("best_worst", "all")
 GAP_SCOPES = ("group", "prompt")
@@ -34,10 +35,7 @@ def reward_spread(rewards: torch.Tensor, keys: Sequence) -> torch.Tensor:
     if len(keys) != rewards.numel():
         raise ValueError(f"keys must hold one entry per reward ({rewards.numel()}), got {len(keys)}")
     spread = torch.empty_like(rewards)
-    rows: dict = {}
-    for i, key in enumerate(keys):
-        rows.setdefault(key, []).append(i)
-    for indices in rows.values():
+    for indices in rows_by_key(keys).values():
         values = rewards[indices]
         spread[indices] = values.max() - values.min()
     return spread
