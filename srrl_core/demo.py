@@ -100,8 +100,7 @@ def main(argv=None) -> int:
         "n_pairs": before.compliant.numel(), "gained": gained, "lost": lost, "mcnemar_p": p_value,
         "per_family_before": per_family(before, heldout), "per_family_after": per_family(after, heldout),
         "learning_rate": config.learning_rate, "stages": config.stages,
-        "training_sampled_images": sum(config.prompts_per_stage * config.groups_per_prompt * config.split_time
-                                       for _ in trainer.history),
+        "training_sampled_images": sum(h["sampled_images"] for h in trainer.history),
         "training_model_calls": summary["model_calls"], "noop_stages": summary["noop_stages"],
         "probe_curve": probes, "reflection": {k: {"compliance": e.rate, "model_calls": e.model_calls} for k, e in reflection.items()},
         "history": trainer.history, "seconds": seconds, "recipe": config.to_dict(),

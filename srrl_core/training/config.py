@@ -58,6 +58,8 @@ class TrainConfig:
     max_rounds: int = 9
 
     groups_per_prompt: int = 1  # branching groups per drawn prompt: each prompt gets groups_per_prompt * split_time samples
+    prompt_draws: int = 1  # up to this many draws of prompts_per_stage prompts per stage, the next only while fewer than
+    # prompts_per_stage drawn prompts have rewards that differ by min_reward_gap (DAPO's dynamic sampling; 1: off)
     seed: int = 300
 
     # Rewards -> advantages -> selection (advantages.py, selection.py).
@@ -118,7 +120,7 @@ class TrainConfig:
         for name, low in (
             ("steps", 1), ("stages", 1), ("prompts_per_stage", 1), ("split_time", 1), ("split_step_start", 1),
             ("split_step_stride", 0), ("curriculum_period", 1), ("rounds_every", 1), ("max_rounds", 0), ("seed", 0),
-            ("groups_per_prompt", 1), ("advantage_min_count", 1), ("reward_history", 0), ("epochs", 1), ("trajectories_per_update", 1), ("micro_batch_size", 1),
+            ("groups_per_prompt", 1), ("prompt_draws", 1), ("advantage_min_count", 1), ("reward_history", 0), ("epochs", 1), ("trajectories_per_update", 1), ("micro_batch_size", 1),
             ("lora_rank", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
         ):  # fmt: skip
             check_int(name, getattr(self, name), low)

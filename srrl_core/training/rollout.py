@@ -81,6 +81,22 @@ class Rollout:
         return self.final.shape[0] // len(self.prompts)
 
 
+def concat_rollouts(parts: list[Rollout]) -> Rollout:
+    """One rollout from several of the same stage (same split step): groups in order, model calls summed."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    if any(not torch.equal(p.sigmas, first.sigmas) for p in parts):
+        raise ValueError("only rollouts of one stage (the same transitions) can be concatenated")
+    return Rollout(
+        [prompt for p in parts for prompt in p.prompts],
+        torch.cat([p.latents for p in parts], dim=1), torch.cat([p.next_latents for p in parts], dim=1),
+        first.sigmas, first.next_sigmas, torch.cat([p.log_probs for p in parts], dim=1), first.trainable,
+        torch.cat([p.final for p in parts]),
+        [torch.cat(scores) for scores in zip(*(p.round_scores for p in parts))], sum(p.model_calls for p in parts),
+    )  # fmt: skip
+
+
 def collect_rollout(
     policy: PolicyModel,
     cond,

@@ -41,6 +41,16 @@ def reward_spread(rewards: torch.Tensor, keys: Sequence) -> torch.Tensor:
     return spread
 
 
+def informative_prompts(spread: torch.Tensor, rows_per_prompt: int, min_gap: float) -> int:
+    """How many drawn prompts (consecutive blocks of ``rows_per_prompt`` rewards) have a row whose reward spread [N]
+    (:func:`reward_spread`) is positive and at least ``min_gap``: the prompts a stage can learn from. One whose
+    samples all solve, or all fail, has nothing to teach."""
+    if spread.numel() % rows_per_prompt:
+        raise ValueError(f"{spread.numel()} rewards do not split into prompts of rows_per_prompt = {rows_per_prompt}")
+    passing = (spread > 0) & (spread >= min_gap)
+    return int(passing.view(-1, rows_per_prompt).any(dim=1).sum())
+
+
 def select_siblings(advantages: torch.Tensor, positive_threshold: float = 0.5, negative_threshold: float = -0.5,
                     spread: torch.Tensor | None = None, min_gap: float = 0.0, mode: str = "best_worst") -> torch.Tensor:  # fmt: skip
     """Bool mask [P, G] of kept siblings for advantages [P, G] (``best_worst``: argmax / argmin per group, first on

@@ -4,7 +4,7 @@ One stage n (see :mod:`.rollout`, :mod:`.selection`, :mod:`.ppo`):
 
 1. draw ``prompts_per_stage`` prompts, each for ``groups_per_prompt`` groups; each process samples its share of
    the groups: K(n) reflective rounds, then a rollout that forks into G siblings for the last split_step(n)
-   stochastic steps;
+   stochastic steps (with ``prompt_draws`` > 1, more draws while too few prompts have rewards that differ);
 2. score the siblings' decoded images, gather the scores of all processes and turn them into advantages
    (:mod:`.advantages`: per prompt with a batch fallback and a std floor, per group, or by win rate);
 3. keep each group's best sibling if :math:`A \ge \tau_+` and its worst if :math:`A < \tau_-`, when the group's
@@ -47,8 +47,8 @@ from .lora import add_lora, load_lora_state_dict, lora_parameters, lora_state_di
 from .metrics import MetricsWriter
 from .policy import PolicyModel
 from .ppo import PPOUpdate, kept_transitions
-from .rollout import GLOBAL, PROMPTS, SHUFFLE, collect_rollout, derive_seed, stochastic_steps
-from .selection import reward_spread, select_siblings
+from .rollout import GLOBAL, PROMPTS, SHUFFLE, Rollout, collect_rollout, concat_rollouts, derive_seed, stochastic_steps
+from .selection import informative_prompts, reward_spread, select_siblings
 
 logger = logging.getLogger(__name__)
 
@@ -161,29 +161,18 @@ class SRRLTrainer:
         split_step, rounds = config.split_step(stage), config.rounds(stage)
         self._emit("stage_start", stage=stage, split_step=split_step, rounds=rounds,
                    planned_model_calls=planned_model_calls(config.steps, rounds, config.renoise_strength))  # fmt: skip
-        all_prompts = self.stage_prompts(stage)
-        local = len(all_prompts) // dist.world_size
-        first = dist.rank * local
-        prompts = all_prompts[first : first + local]
-
-        # Sample this process's groups: K reflective rounds, then a rollout that forks into siblings.
+        all_prompts, prompts, rollout, rewards, local_rows = self.sample_stage(stage)
         with torch.no_grad():
             cond = self.policy.encode(prompts)
-        with self._autocast():
-            rollout = collect_rollout(self.policy, cond, prompts, config, stage, first, self._score,
-                                      on_step=lambda: self._emit("model_call", stage=stage))  # fmt: skip
 
-        # Score every sibling; advantages over the whole stage (all processes), then this process's rows.
-        rewards = dist.gather(self._score(rollout.final, prompts).float())
+        # Advantages over the whole stage (all processes), then this process's rows.
         row_prompts = [p for p in all_prompts for _ in range(config.split_time)]
         advantages = self.advantages(rewards, row_prompts, group_size=config.split_time)
-        rows = slice(first * config.split_time, (first + local) * config.split_time)
-        local_adv = advantages[rows]
+        local_adv = advantages[local_rows]
+        local = len(prompts)
 
         # Select the siblings that train; their stochastic transitions are the PPO samples.
-        groups = [row // config.split_time for row in range(len(row_prompts))]
-        gap_keys = row_prompts if config.reward_gap_scope == "prompt" else groups
-        spread = reward_spread(rewards, gap_keys)[rows].view(local, config.split_time)[:, 0]
+        spread = reward_spread(rewards, self._gap_keys(row_prompts))[local_rows].view(local, config.split_time)[:, 0]
         keep = select_siblings(local_adv.view(local, config.split_time), config.positive_threshold, config.negative_threshold,
                                spread, config.min_reward_gap, config.sibling_selection)  # fmt: skip
         shuffle = torch.Generator().manual_seed(derive_seed(config.seed, stage, SHUFFLE, dist.rank))
@@ -194,7 +183,8 @@ class SRRLTrainer:
             "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
             "reward_max": float(rewards.max()), "reward_min": float(rewards.min()),
             "kept_trajectories": kept, "kept_transitions": transitions, "split_step": split_step,
-            "reflection_rounds": rounds, "model_calls": rollout.model_calls,
+            "reflection_rounds": rounds, "model_calls": rollout.model_calls, "prompt_draws": len(all_prompts) // (config.prompts_per_stage * config.groups_per_prompt),
+            "sampled_images": len(all_prompts) * (rounds + config.split_time),
         }  # fmt: skip
         for k, scores in enumerate(rollout.round_scores):
             metrics[f"round_reward_mean/{k}"] = float(dist.gather(scores.float()).mean())
@@ -220,13 +210,55 @@ class SRRLTrainer:
         self._emit("stage_end", stage=stage, metrics=metrics)
         return metrics
 
-    def stage_prompts(self, stage: int) -> list[str]:
-        """The prompt of every group of stage ``stage`` across all processes: ``prompts_per_stage`` prompts drawn
-        with replacement (seeded by the stage), each repeated for its ``groups_per_prompt`` groups."""
+    def stage_prompts(self, stage: int, draw: int = 0) -> list[str]:
+        """The prompt of every group of stage ``stage`` (draw ``draw``) across all processes: ``prompts_per_stage``
+        prompts drawn with replacement (seeded by the stage and draw), each repeated for its ``groups_per_prompt``
+        groups."""
         config = self.config
-        g = torch.Generator().manual_seed(derive_seed(config.seed, stage, PROMPTS))
+        keys = (config.seed, stage, PROMPTS) + ((draw,) if draw else ())
+        g = torch.Generator().manual_seed(derive_seed(*keys))
         drawn = torch.randint(len(self.prompts), (config.prompts_per_stage,), generator=g).tolist()
         return [self.prompts[i] for i in drawn for _ in range(config.groups_per_prompt)]
+
+    def sample_stage(self, stage: int) -> tuple[list[str], list[str], Rollout, torch.Tensor, torch.Tensor]:
+        """Roll out and score stage ``stage``'s groups; returns (every group's prompt across processes, this process's,
+        its rollout, all rewards, the rows of this process's rewards among them).
+
+        With ``prompt_draws`` > 1 this is DAPO's dynamic sampling: while fewer than ``prompts_per_stage`` of the
+        prompts drawn so far are informative (:func:`.selection.informative_prompts`: some samples differ by at least
+        ``min_reward_gap``), draw ``prompts_per_stage`` more with fresh noise. A prompt every sample of which
+        solves, or fails, has a zero advantage everywhere and would leave the stage with fewer lessons."""
+        config, dist = self.config, self.dist
+        all_prompts, prompts, parts, rewards, local_rows = [], [], [], [], []
+        for draw in range(config.prompt_draws):
+            drawn = self.stage_prompts(stage, draw)
+            local = len(drawn) // dist.world_size
+            first = dist.rank * local
+            mine = drawn[first : first + local]
+            with torch.no_grad():
+                cond = self.policy.encode(mine)
+            with self._autocast():
+                part = collect_rollout(self.policy, cond, mine, config, stage, draw * len(drawn) + first, self._score,
+                                       on_step=lambda: self._emit("model_call", stage=stage))  # fmt: skip
+            offset = len(all_prompts) * config.split_time
+            local_rows.append(torch.arange(offset + first * config.split_time, offset + (first + local) * config.split_time))
+            rewards.append(dist.gather(self._score(part.final, mine).float()))
+            all_prompts += drawn
+            prompts += mine
+            parts.append(part)
+            scores = torch.cat(rewards)
+            row_prompts = [p for p in all_prompts for _ in range(config.split_time)]
+            spread = reward_spread(scores, self._gap_keys(row_prompts))
+            rows_per_prompt = config.groups_per_prompt * config.split_time
+            if informative_prompts(spread, rows_per_prompt, config.min_reward_gap) >= config.prompts_per_stage:
+                break
+        return all_prompts, prompts, concat_rollouts(parts), torch.cat(rewards), torch.cat(local_rows)
+
+    def _gap_keys(self, row_prompts: list[str]) -> list:
+        """What ``min_reward_gap`` spans for each reward row: its prompt's samples, or its group's siblings."""
+        if self.config.reward_gap_scope == "prompt":
+            return row_prompts
+        return [row // self.config.split_time for row in range(len(row_prompts))]
 
     def lora_path(self) -> str:
         return os.path.join(self.config.output_dir, f"{self.config.lora_name}.safetensors")

@@ -22,13 +22,19 @@ def brightness(images, prompts):
     return images.mean(dim=(1, 2, 3))
 
 
-def ddp_config(output_dir: str) -> TrainConfig:
+def brightness_but_cubes_and_cats_tie(images, prompts):
+    """Two of the four prompts teach nothing: with ``prompt_draws`` the stage draws again."""
+    tied = torch.tensor([p in ("a red cube", "a white cat") for p in prompts])
+    return torch.where(tied, torch.full((len(prompts),), 0.5), brightness(images, prompts))
+
+
+def ddp_config(output_dir: str, prompt_draws: int = 1) -> TrainConfig:
     # One optimiser step (everything in one accumulation), no clipping, so the step shows the summed gradient;
     # one transition per micro-batch, so each backward pass is one term of that sum.
     return TrainConfig(
         steps=4, stages=1, prompts_per_stage=4, split_time=3, split_step_start=2, split_step_stride=0, curriculum_period=1,
         epochs=1, trajectories_per_update=1000, micro_batch_size=1, max_grad_norm=1e6, learning_rate=1e-3,
-        output_dir=output_dir, resume=False, tensorboard=False, progress=False,
+        prompt_draws=prompt_draws, output_dir=output_dir, resume=False, tensorboard=False, progress=False,
     )  # fmt: skip
 
 
@@ -41,13 +47,15 @@ def one_row_at_a_time(denoiser):
     return call
 
 
-def run_one_stage(config: TrainConfig, distributed=None) -> tuple[dict, list[torch.Tensor], torch.Tensor]:
+def run_one_stage(config: TrainConfig, distributed=None) -> tuple[dict, list[torch.Tensor], torch.Tensor, int]:
     """(LoRA state after the stage, gradients as the optimiser saw them, terms [T, all LoRA elements]: each
-    backward pass's own gradient, flattened over the parameters in order, as it was added into ``.grad``)."""
+    backward pass's own gradient, flattened over the parameters in order, as it was added into ``.grad``; the
+    stage's prompt draws)."""
     policy = build_policy("tiny", config.steps)
     policy.denoiser = one_row_at_a_time(policy.denoiser)
     grads = []
-    trainer = SRRLTrainer(policy, brightness, PROMPTS, config, distributed=distributed,
+    reward = brightness if config.prompt_draws == 1 else brightness_but_cubes_and_cats_tie
+    trainer = SRRLTrainer(policy, reward, PROMPTS, config, distributed=distributed,
                           callbacks=[lambda event, info: grads.extend(p.grad.clone() for p in trainer.params)
                                      if event == "optimizer_step" else None])  # fmt: skip
     per_param = [[] for _ in trainer.params]
@@ -57,4 +65,4 @@ def run_one_stage(config: TrainConfig, distributed=None) -> tuple[dict, list[tor
     counts = {len(calls) for calls in per_param}
     assert len(counts) == 1, f"every backward pass must reach every LoRA weight, got {counts} calls"
     terms = torch.stack([torch.cat([calls[t].flatten() for calls in per_param]) for t in range(counts.pop())])
-    return lora_state_dict(trainer.policy.network), grads, terms
+    return lora_state_dict(trainer.policy.network), grads, terms, trainer.history[0]["prompt_draws"]

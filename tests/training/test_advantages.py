@@ -8,7 +8,7 @@ import torch
 
 from srrl_core.training import select_siblings
 from srrl_core.training.advantages import AdvantageEstimator, win_rates
-from srrl_core.training.selection import reward_spread
+from srrl_core.training.selection import informative_prompts, reward_spread
 
 
 def test_per_prompt_statistics_when_the_prompt_has_enough_samples():
@@ -91,6 +91,18 @@ def test_prompt_scope_keeps_tied_groups_whose_prompt_differs():
     assert keep.tolist() == [[True, True], [True, True], [False, False], [False, False]]
     with pytest.raises(ValueError, match="keys must hold one entry per reward"):
         reward_spread(rewards, prompts[:3])
+
+
+def test_informative_prompts_are_those_whose_samples_differ_by_the_gap():
+    # a: solved everywhere; b: split; c: differs by less than the gap; d: failed everywhere.
+    rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.5, 0.52, 0.0, 0.0])
+    prompts = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    spread = reward_spread(rewards, prompts)
+    assert informative_prompts(spread, 2, min_gap=0.05) == 1
+    assert informative_prompts(spread, 2, min_gap=0.0) == 2  # a tie is never informative, whatever the gap
+    assert informative_prompts(torch.cat([spread, spread]), 2, min_gap=0.05) == 2  # a prompt drawn twice counts twice
+    with pytest.raises(ValueError, match="do not split into prompts of rows_per_prompt = 3"):
+        informative_prompts(spread, 3, 0.05)
 
 
 def test_history_window_holds_this_batch_plus_the_last_n_batches():

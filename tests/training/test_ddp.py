@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -30,24 +31,27 @@ def sorted_rows(terms: torch.Tensor) -> list[bytes]:
     return sorted(row.numpy().tobytes() for row in terms)
 
 
-def test_two_processes_synchronise_gradients_like_one_process_on_the_whole_batch(tmp_path):
+@pytest.mark.parametrize("prompt_draws", [1, 2])
+def test_two_processes_synchronise_gradients_like_one_process_on_the_whole_batch(tmp_path, prompt_draws):
     port, workers = free_port(), []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}  # fmt: skip
-        workers.append(subprocess.Popen([sys.executable, "-m", "tests.helpers.training_ddp_worker", str(tmp_path)],
+        workers.append(subprocess.Popen([sys.executable, "-m", "tests.helpers.training_ddp_worker", str(tmp_path),
+                                         str(prompt_draws)],
                                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        config = ddp_config(str(tmp_path / "single"))
-        lora, grads, terms = run_one_stage(config)  # meanwhile, the single-process reference
+        config = ddp_config(str(tmp_path / "single"), prompt_draws)
+        lora, grads, terms, draws = run_one_stage(config)  # meanwhile, the single-process reference
     finally:
         torch.set_num_threads(threads)
     for worker in workers:
         output, _ = worker.communicate(timeout=300)
         assert worker.returncode == 0, output[-3000:]
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+    assert draws == prompt_draws  # with 2 draws, each process's rows come from both (DAPO's dynamic sampling)
     assert len(grads) == len(lora) == 64  # exactly one optimiser step, every LoRA weight
     assert [v.shape for v in lora.values()] == [g.shape for g in grads]  # the same parameter order
     gradient = torch.cat([g.flatten() for g in grads])

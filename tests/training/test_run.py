@@ -190,6 +190,35 @@ def test_the_prompt_gap_scope_trains_groups_that_tie_inside_but_differ_across(tm
     assert "reward gap >= 0.05 over each group" in caplog.text
 
 
+def test_prompt_draws_replace_prompts_whose_samples_tie(tmp_path):
+    # "a red cube" always scores 0.5: a prompt with nothing to teach. The others score brightness, which varies.
+    calls = []
+
+    def red_cube_ties(images, prompts):
+        calls.append(images.clone())
+        return torch.tensor([0.5 if p == "a red cube" else float(i.mean()) for i, p in zip(images, prompts)])
+
+    runs = {}
+    for draws in (1, 4):
+        calls.clear()
+        config = small_config(tmp_path / f"draws{draws}", stages=3, prompt_draws=draws)
+        trainer = SRRLTrainer(build_policy("tiny", config.steps), red_cube_ties, PROMPTS, config)
+        trainer.train()
+        runs[draws] = (trainer.history, calls[0])
+    one, many = runs[1][0], runs[4][0]
+    per_draw = [h["sampled_images"] for h in one]
+    assert all(h["prompt_draws"] == 1 for h in one)
+    assert [h["sampled_images"] for h in many] == [h["prompt_draws"] * n for h, n in zip(many, per_draw)]
+    assert any(h["prompt_draws"] > 1 for h in many)  # 3 prompts drawn with replacement: some draw holds the cube
+    assert sum(h["kept_trajectories"] for h in many) > sum(h["kept_trajectories"] for h in one)
+    torch.testing.assert_close(runs[4][1], runs[1][1], rtol=0, atol=0)  # the first draw is the single-draw stage's
+    # Where every prompt's samples differ, one draw fills the stage.
+    config = small_config(tmp_path / "brightness", stages=2, prompt_draws=4)
+    trainer = SRRLTrainer(build_policy("tiny", config.steps), brightness, PROMPTS, config)
+    trainer.train()
+    assert [h["prompt_draws"] for h in trainer.history] == [1, 1]
+
+
 def test_a_constant_reward_trains_nothing_and_says_so(tmp_path, caplog):
     config = small_config(tmp_path, stages=2)
     trainer = SRRLTrainer(build_policy("tiny", 6), lambda images, prompts: torch.full((len(images),), 0.7), PROMPTS, config)

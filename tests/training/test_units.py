@@ -265,6 +265,25 @@ def test_rollout_siblings_share_the_prefix_and_rows_do_not_depend_on_the_split()
     torch.testing.assert_close(alone.log_probs, both.log_probs[:, 3:], rtol=1e-3, atol=1e-4)
 
 
+def test_concatenated_rollouts_keep_each_group_in_order():
+    from srrl_core.training.rollout import collect_rollout, concat_rollouts
+
+    policy = build_policy("tiny", steps=6)
+    config = _rollout_config()
+    prompts = ["a red cube", "a blue sphere"]
+    both = collect_rollout(policy, policy.encode(prompts), prompts, config, stage=1, first_row=0)
+    parts = [collect_rollout(policy, policy.encode([p]), [p], config, stage=1, first_row=row) for row, p in enumerate(prompts)]
+    joined = concat_rollouts(parts)
+    assert joined.prompts == prompts and joined.model_calls == sum(p.model_calls for p in parts)
+    assert joined.latents.shape == both.latents.shape and joined.final.shape == both.final.shape
+    for name in ("latents", "next_latents", "log_probs", "final"):  # batch-size rounding only (see the test above)
+        torch.testing.assert_close(getattr(joined, name), getattr(both, name), rtol=1e-3, atol=1e-4)
+    assert concat_rollouts(parts[:1]) is parts[0]
+    other_stage = collect_rollout(policy, policy.encode(prompts[:1]), prompts[:1], config, stage=0, first_row=0)
+    with pytest.raises(ValueError, match="only rollouts of one stage"):
+        concat_rollouts([parts[0], other_stage])
+
+
 def test_scored_reflection_rounds_are_logged_and_the_best_is_carried(tmp_path):
     from srrl_core.training import SRRLTrainer
 
