@@ -161,9 +161,7 @@ class SRRLTrainer:
         split_step, rounds = config.split_step(stage), config.rounds(stage)
         self._emit("stage_start", stage=stage, split_step=split_step, rounds=rounds,
                    planned_model_calls=planned_model_calls(config.steps, rounds, config.renoise_strength))  # fmt: skip
-        all_prompts, prompts, rollout, rewards, local_rows = self.sample_stage(stage)
-        with torch.no_grad():
-            cond = self.policy.encode(prompts)
+        all_prompts, prompts, cond, rollout, rewards, local_rows = self.sample_stage(stage)
 
         # Advantages over the whole stage (all processes), then this process's rows.
         row_prompts = [p for p in all_prompts for _ in range(config.split_time)]
@@ -220,9 +218,9 @@ class SRRLTrainer:
         drawn = torch.randint(len(self.prompts), (config.prompts_per_stage,), generator=g).tolist()
         return [self.prompts[i] for i in drawn for _ in range(config.groups_per_prompt)]
 
-    def sample_stage(self, stage: int) -> tuple[list[str], list[str], Rollout, torch.Tensor, torch.Tensor]:
+    def sample_stage(self, stage: int) -> tuple[list[str], list[str], object, Rollout, torch.Tensor, torch.Tensor]:
         """Roll out and score stage ``stage``'s groups; returns (every group's prompt across processes, this process's,
-        its rollout, all rewards, the rows of this process's rewards among them).
+        their conditioning, its rollout, all rewards, the rows of this process's rewards among them).
 
         With ``prompt_draws`` > 1 this is DAPO's dynamic sampling: while fewer than ``prompts_per_stage`` of the
         prompts drawn so far are informative (:func:`.selection.informative_prompts`: some samples differ by at least
@@ -252,7 +250,10 @@ class SRRLTrainer:
             rows_per_prompt = config.groups_per_prompt * config.split_time
             if informative_prompts(spread, rows_per_prompt, config.min_reward_gap) >= config.prompts_per_stage:
                 break
-        return all_prompts, prompts, concat_rollouts(parts), torch.cat(rewards), torch.cat(local_rows)
+        if len(parts) > 1:  # conditioning types differ per model (tensor, dataclass): encode the union again
+            with torch.no_grad():
+                cond = self.policy.encode(prompts)
+        return all_prompts, prompts, cond, concat_rollouts(parts), torch.cat(rewards), torch.cat(local_rows)
 
     def _gap_keys(self, row_prompts: list[str]) -> list:
         """What ``min_reward_gap`` spans for each reward row: its prompt's samples, or its group's siblings."""
