@@ -244,16 +244,18 @@ class SRRLTrainer:
             all_prompts += drawn
             prompts += mine
             parts.append(part)
-            scores = torch.cat(rewards)
-            row_prompts = [p for p in all_prompts for _ in range(config.split_time)]
-            spread = reward_spread(scores, self._gap_keys(row_prompts))
-            rows_per_prompt = config.groups_per_prompt * config.split_time
-            if informative_prompts(spread, rows_per_prompt, config.min_reward_gap) >= config.prompts_per_stage:
+            if draw + 1 < config.prompt_draws and self._informative(torch.cat(rewards), all_prompts) >= config.prompts_per_stage:
                 break
         if len(parts) > 1:  # conditioning types differ per model (tensor, dataclass): encode the union again
             with torch.no_grad():
                 cond = self.policy.encode(prompts)
         return all_prompts, prompts, cond, concat_rollouts(parts), torch.cat(rewards), torch.cat(local_rows)
+
+    def _informative(self, rewards: torch.Tensor, group_prompts: list[str]) -> int:
+        """How many drawn prompts have rewards [rows] that differ (:func:`.selection.informative_prompts`)."""
+        row_prompts = [p for p in group_prompts for _ in range(self.config.split_time)]
+        spread = reward_spread(rewards, self._gap_keys(row_prompts))
+        return informative_prompts(spread, self.config.groups_per_prompt * self.config.split_time, self.config.min_reward_gap)
 
     def _gap_keys(self, row_prompts: list[str]) -> list:
         """What ``min_reward_gap`` spans for each reward row: its prompt's samples, or its group's siblings."""
