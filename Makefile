@@ -2,6 +2,8 @@
 # `make test` (the whole test suite, including a real ComfyUI server). Both set up .venv on first use.
 PY := .venv/bin/python
 HOST := .cache/comfyui-host
+# CI machines may have little disk: a pip cache would hold a second copy of torch's CUDA libraries (gigabytes).
+export PIP_NO_CACHE_DIR := 1
 
 .PHONY: demo test bench setup setup-host
 
