@@ -81,6 +81,8 @@ class TrainConfig:
     beta_positive: float = 1.0  # advantage weight for kept best siblings (A > 0)
     beta_negative: float = 1.0  # advantage weight for kept worst siblings (A < 0)
     learning_rate: float = 1e-4
+    lr_decay_stages: int = 0  # the last this many stages decay the learning rate linearly toward 0 (warmup-stable-decay's
+    # decay phase); earlier stages keep learning_rate, so a run can be extended and decayed from any checkpoint
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     weight_decay: float = 1e-4
@@ -120,7 +122,7 @@ class TrainConfig:
         for name, low in (
             ("steps", 1), ("stages", 1), ("prompts_per_stage", 1), ("split_time", 1), ("split_step_start", 1),
             ("split_step_stride", 0), ("curriculum_period", 1), ("rounds_every", 1), ("max_rounds", 0), ("seed", 0),
-            ("groups_per_prompt", 1), ("prompt_draws", 1), ("advantage_min_count", 1), ("reward_history", 0), ("epochs", 1), ("trajectories_per_update", 1), ("micro_batch_size", 1),
+            ("groups_per_prompt", 1), ("prompt_draws", 1), ("lr_decay_stages", 0), ("advantage_min_count", 1), ("reward_history", 0), ("epochs", 1), ("trajectories_per_update", 1), ("micro_batch_size", 1),
             ("lora_rank", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
         ):  # fmt: skip
             check_int(name, getattr(self, name), low)
@@ -162,6 +164,14 @@ class TrainConfig:
     def rounds(self, stage: int) -> int:
         """Reflective rounds K before the recorded rollout of stage ``stage``."""
         return min(stage // self.rounds_every, self.max_rounds)
+
+    def learning_rate_at(self, stage: int) -> float:
+        """The learning rate of stage ``stage``: ``learning_rate``, times (stages - stage) / (lr_decay_stages + 1) in the
+        last ``lr_decay_stages`` stages (so the last stage still takes a step, the smallest)."""
+        remaining = self.stages - stage
+        if remaining > self.lr_decay_stages:
+            return self.learning_rate
+        return self.learning_rate * remaining / (self.lr_decay_stages + 1)
 
     @property
     def scores_rounds(self) -> bool:

@@ -115,6 +115,25 @@ def test_a_run_killed_mid_stage_resumes_to_the_same_lora(tmp_path):
     assert all(torch.equal(exported[k], exported_resumed[k]) for k in exported)
 
 
+def test_a_constant_run_extended_with_a_decay_equals_a_decayed_run_from_the_start(tmp_path):
+    # Warmup-stable-decay: stages before the decay keep learning_rate, so a finished 2-stage run, resumed with
+    # stages 4 and lr_decay_stages 2, must end bit for bit where a 4-stage decayed run from scratch ends.
+    changes = dict(steps=4, split_step_start=1, split_step_stride=1, curriculum_period=3, rounds_every=3, learning_rate=3e-2)
+    straight = SRRLTrainer(build_policy("tiny", 4), brightness, PROMPTS,
+                           small_config(tmp_path / "a", stages=4, lr_decay_stages=2, **changes))  # fmt: skip
+    straight.train()
+    assert [h["learning_rate"] for h in straight.history] == pytest.approx([3e-2, 3e-2, 2e-2, 1e-2], rel=1e-12)
+    assert [g["lr"] for g in straight.ppo.optimizer.param_groups] == pytest.approx([1e-2], rel=1e-12)
+    SRRLTrainer(build_policy("tiny", 4), brightness, PROMPTS, small_config(tmp_path / "b", stages=2, **changes)).train()
+    extended = SRRLTrainer(build_policy("tiny", 4), brightness, PROMPTS,
+                           small_config(tmp_path / "b", stages=4, lr_decay_stages=2, **changes))  # fmt: skip
+    assert extended.stage == 2
+    extended.train()
+    expected, got = lora_state_dict(straight.policy.network), lora_state_dict(extended.policy.network)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert any(h["kept_transitions"] > 0 for h in extended.history if h["stage"] >= 2)  # the decayed stages trained
+
+
 def test_final_weights_are_the_lora_ema_and_the_live_weights_come_back(tmp_path):
     config = small_config(tmp_path, stages=2, ema_decay=0.5)
     trainer = SRRLTrainer(build_policy("tiny", 6), brightness, PROMPTS, config)

@@ -105,6 +105,7 @@ def test_curriculum_matches_the_reference_and_seeds_do_not_repeat():
         (dict(mixed_precision="fp8"), r"mixed_precision must be one of"),
         (dict(reward_gap_scope="batch"), r"reward_gap_scope must be one of"),
         (dict(lora_targets=()), r"lora_targets must be a non-empty list"),
+        (dict(lr_decay_stages=-1), r"lr_decay_stages must be >= 0"),
     ],
 )
 def test_config_rejects_bad_values_by_name(changes, message):
