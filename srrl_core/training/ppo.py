@@ -177,8 +177,9 @@ class PPOUpdate:
         stage's update metrics, ``lora_change`` (the L2 norm of the parameters' change) among them."""
         config, dist = self.config, self.dist
         before = [p.detach().clone() for p in self.params]
+        learning_rate = config.learning_rate_at(stage)
         for group in self.optimizer.param_groups:  # per stage (and not from a resumed optimiser's state)
-            group["lr"] = config.learning_rate_at(stage)
+            group["lr"] = learning_rate
         total = int(dist.all_reduce_sum_(torch.tensor([len(samples)], dtype=torch.float64))[0])
         steps_per_epoch = max(1, math.ceil(total / per_update))
         sums = {"loss": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0, "kl": 0.0, "ratio": 0.0}
@@ -211,7 +212,7 @@ class PPOUpdate:
             del out["kl_mean"]
         out["grad_norm_mean"] = float(np.mean(grad_norms)) if grad_norms else 0.0
         out["optimizer_steps"] = len(grad_norms)
-        out["learning_rate"] = config.learning_rate_at(stage)
+        out["learning_rate"] = learning_rate
         out["early_stopped"] = int(stopped)
         out["lora_change"] = float(sum((p.detach() - b).float().pow(2).sum() for p, b in zip(self.params, before)) ** 0.5)
         return out
