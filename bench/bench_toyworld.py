@@ -3,8 +3,10 @@
 Every method is judged on one fixed held-out set -- ``--prompts`` distinct held-out prompts x 4 noise seeds per
 ``--noise-seed`` block, plain eta-0 sampling unless the method samples otherwise -- against the base model on the
 same pairs: Wilson 95% intervals, the exact McNemar test on discordant pairs, pooled and per family. The same
-measurement on as many training-split prompts (the prompts training draws from) is reported apart, in the last
-column. Compute is counted, not assumed: ``network rows`` are rows the denoiser network evaluated (a CFG step of
+measurement on as many training-split prompts (the prompts training draws from) is reported apart, and so is the
+mirror test (last column): a held-out sample counts when it passes under its prompt and, from the same noise, under
+the prompt's mirror image (left and right swapped), so a policy that draws one side whatever the prompt says gains
+nothing there. Compute is counted, not assumed: ``network rows`` are rows the denoiser network evaluated (a CFG step of
 one sample is two rows), split into sampling and the updates' forward passes; ``images`` are the images training
 sampled (rollout siblings and reflective passes).
 
@@ -39,7 +41,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from srrl_core.demo import RECIPE  # noqa: E402
-from srrl_core.toyworld.experiment import evaluate, heldout_set, mcnemar_exact, per_family, training_split_set  # noqa: E402
+from srrl_core.toyworld.experiment import (evaluate, heldout_set, mcnemar_exact, mirror_consistent, mirrored,  # noqa: E402
+                                           per_family, training_split_set, wilson_interval)
 from srrl_core.toyworld.verifiers import ToyPhysicsReward  # noqa: E402
 from srrl_core.train import load_config_file, read_prompts  # noqa: E402
 from srrl_core.training import SRRLTrainer, TrainConfig, build_policy  # noqa: E402
@@ -146,20 +149,26 @@ def main() -> None:
     results: list[dict] = []
 
     def measure(policy, **kwargs) -> tuple:
-        """(held-out, training-split) evaluations of one way of sampling."""
-        return tuple(evaluate(policy, p, seeds, scale=scale, eta=args.eval_eta, **kwargs) for p in (prompts, seen_prompts))
+        """(held-out, training-split, mirrored held-out) evaluations of one way of sampling."""
+        return tuple(evaluate(policy, p, seeds, scale=scale, eta=args.eval_eta, **kwargs)
+                     for p in (prompts, seen_prompts, mirrored(prompts)))
 
     def record(name: str, evaluations: tuple, base: tuple | None = None, **extra) -> None:
-        evaluation, seen = evaluations
+        evaluation, seen, mirror = evaluations
         low, high = evaluation.interval()
+        both = mirror_consistent(evaluation, mirror)
         row = {"method": name, "compliance": evaluation.rate, "ci": [low, high], "n": evaluation.compliant.numel(),
                "per_family": per_family(evaluation, prompts), **extra,
                "eval_eta": args.eval_eta, "noise_blocks": args.noise_seed, "verdicts": "".join("1" if c else "0" for c in evaluation.compliant.tolist()),
-               "train_split": {"compliance": seen.rate, "ci": list(seen.interval())}}  # fmt: skip
+               "train_split": {"compliance": seen.rate, "ci": list(seen.interval())},
+               "mirror": {"compliance": float(both.float().mean()), "ci": list(wilson_interval(int(both.sum()), both.numel())),
+                          "per_family": per_family(both, prompts), "verdicts": "".join("1" if c else "0" for c in both.tolist())}}  # fmt: skip
         if base is not None:
             row["gained"], row["lost"], row["mcnemar_p"] = mcnemar_exact(base[0].compliant, evaluation.compliant)
             split = row["train_split"]
             split["gained"], split["lost"], split["mcnemar_p"] = mcnemar_exact(base[1].compliant, seen.compliant)
+            pairs = row["mirror"]
+            pairs["gained"], pairs["lost"], pairs["mcnemar_p"] = mcnemar_exact(mirror_consistent(base[0], base[2]), both)
         results.append(row)
         with open(os.path.join(args.out, "results.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
@@ -246,8 +255,9 @@ def head_to_head(results: list[dict]) -> str:
 
 
 HEADER = ("| method | compliance | 95% CI | gained / lost | McNemar p | calls / sample | training images | "
-          "gain per 1000 training images | balance / shadow / water | training split (gained / lost) |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+          "gain per 1000 training images | balance / shadow / water | training split (gained / lost) | "
+          "mirror-consistent (gained / lost, p) |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def paired_cells(row: dict) -> tuple[str, str, str, str]:
@@ -267,7 +277,12 @@ def format_row(row: dict, base_rate: float) -> str:
     seen = f"{split['compliance']:.3f}" if split else ""
     if "gained" in split:
         seen += f" ({split['gained']} / {split['lost']})"
-    return f"| {row['method']} | {rate} | {paired} | {p} | {row['calls_per_sample']} | {images or ''} | {per_1000} | {families} | {seen} |"
+    pairs = row.get("mirror", {})  # rows from before the mirror test lack it
+    both = f"{pairs['compliance']:.3f}" if pairs else ""
+    if "gained" in pairs:
+        both += f" ({pairs['gained']} / {pairs['lost']}, {pairs['mcnemar_p']:.2g})"
+    return (f"| {row['method']} | {rate} | {paired} | {p} | {row['calls_per_sample']} | {images or ''} | {per_1000} | "
+            f"{families} | {seen} | {both} |")
 
 
 if __name__ == "__main__":

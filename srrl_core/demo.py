@@ -6,7 +6,8 @@
 2. SRRL training with the recipe of ``configs/toyworld.toml`` (LoRA on the built-in toy model), with the graded
    reward of a fixed probe set (plain sampling, same prompts and noise every stage) after every stage.
 3. Compliance on the fixed held-out set -- 96 held-out prompts x 4 noise seeds = 384 pairs, plain sampling --
-   before and after training, with Wilson intervals and the exact McNemar test on the paired verdicts.
+   before and after training, with Wilson intervals and the exact McNemar test on the paired verdicts; and the
+   mirror test: the same pairs counted only when they also pass with left and right swapped in the prompt.
 
 ``--seed`` changes every random choice of the run: the training draws (prompts, noise, shuffling, LoRA init) and
 the held-out and probe noise. ``--learning-rate 0`` is the control: the same run with updates of size zero.
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .toyworld.experiment import distinct_prompts, evaluate, heldout_set, mcnemar_exact, per_family
+from .toyworld.experiment import distinct_prompts, evaluate, heldout_set, mcnemar_exact, mirror_consistent, mirrored, per_family
 from .toyworld.verifiers import ToyPhysicsReward
 from .train import load_config_file, read_prompts
 from .training import SRRLTrainer, TrainConfig, build_policy
@@ -75,7 +76,8 @@ def main(argv=None) -> int:
 
     print(f"[demo] 2/3 compliance before training: {len(heldout)} held-out prompts x {len(seeds)} seeds, plain sampling")
     before = evaluate(policy, heldout, seeds, scale=scale)
-    print(f"[demo]     {before.rate:.3f}")
+    both_before = mirror_consistent(before, evaluate(policy, mirrored(heldout), seeds, scale=scale))
+    print(f"[demo]     {before.rate:.3f} (mirror-consistent {both_before.float().mean():.3f})")
 
     print(f"[demo] 3/3 SRRL training, {config.stages} stages (recipe {args.config})")
     probes: list[dict] = [{"stage": -1, "probe_reward": float(evaluate(policy, probe_prompts, probe_seeds, scale=scale).scores.mean())}]
@@ -92,13 +94,18 @@ def main(argv=None) -> int:
     summary = trainer.train()
     with trainer.final_weights():
         after = evaluate(policy, heldout, seeds, scale=scale)
+        both_after = mirror_consistent(after, evaluate(policy, mirrored(heldout), seeds, scale=scale))
     gained, lost, p_value = mcnemar_exact(before.compliant, after.compliant)
+    mirror_gained, mirror_lost, mirror_p = mcnemar_exact(both_before, both_after)
     seconds = time.perf_counter() - started
     result = {
         "seed": args.seed, "compliance_before": before.rate, "compliance_after": after.rate,
         "compliance_before_ci": before.interval(), "compliance_after_ci": after.interval(),
         "n_pairs": before.compliant.numel(), "gained": gained, "lost": lost, "mcnemar_p": p_value,
         "per_family_before": per_family(before, heldout), "per_family_after": per_family(after, heldout),
+        "mirror_consistent_before": float(both_before.float().mean()), "mirror_consistent_after": float(both_after.float().mean()),
+        "mirror_gained": mirror_gained, "mirror_lost": mirror_lost, "mirror_mcnemar_p": mirror_p,
+        "mirror_per_family_before": per_family(both_before, heldout), "mirror_per_family_after": per_family(both_after, heldout),
         "learning_rate": config.learning_rate, "stages": config.stages,
         "training_sampled_images": sum(h["sampled_images"] for h in trainer.history),
         "training_model_calls": summary["model_calls"], "noop_stages": summary["noop_stages"],
@@ -107,7 +114,8 @@ def main(argv=None) -> int:
     }  # fmt: skip
     report = write_report(args.out, result, reflection, before, after, probes, trainer.history, showcase)
     print(f"[demo] held-out compliance {before.rate:.3f} -> {after.rate:.3f} on {result['n_pairs']} pairs "
-          f"({gained} gained, {lost} lost, McNemar p = {p_value:.2g}); {seconds / 60:.1f} min")  # fmt: skip
+          f"({gained} gained, {lost} lost, McNemar p = {p_value:.2g}); mirror-consistent {both_before.float().mean():.3f} -> "
+          f"{both_after.float().mean():.3f} ({mirror_gained} gained, {mirror_lost} lost, p = {mirror_p:.2g}); {seconds / 60:.1f} min")  # fmt: skip
     print(f"[demo] report: {os.path.abspath(report)}")
     return 0
 
@@ -140,8 +148,8 @@ def write_report(out, result, reflection, before, after, probes, history, showca
         strips.append(f"<p>{html.escape(prompt)}</p><img src='{png_data_url(torch.stack(tiles + [chain.images[p]]), len(tiles) + 1)}'>")
     merged = [{**h, **next((q for q in probes if q["stage"] == h["stage"]), {})} for h in history]
     curves = render_curves(probes[:1] + merged, CURVES)
-    families = "".join(f"<tr><td>{f}</td><td>{result['per_family_before'][f]:.3f}</td><td>{result['per_family_after'][f]:.3f}</td></tr>"
-                       for f in result["per_family_before"])  # fmt: skip
+    families = "".join(f"<tr><td>{f}</td>" + "".join(f"<td>{result[key][f]:.3f}</td>" for key in ("per_family_before", "per_family_after",
+                       "mirror_per_family_before", "mirror_per_family_after")) + "</tr>" for f in result["per_family_before"])  # fmt: skip
     b_low, b_high = result["compliance_before_ci"]
     a_low, a_high = result["compliance_after_ci"]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>SRRL on the toy physics world</title>
@@ -161,7 +169,11 @@ The probe set is 12 held-out prompts x 2 seeds, sampled plainly after every stag
 <tr><td>base model</td><td>{result['compliance_before']:.3f}</td><td>[{b_low:.3f}, {b_high:.3f}]</td></tr>
 <tr><td>after SRRL</td><td>{result['compliance_after']:.3f}</td><td>[{a_low:.3f}, {a_high:.3f}]</td></tr></table>
 <p>Paired: {result['gained']} samples gained, {result['lost']} lost; exact McNemar p = {result['mcnemar_p']:.3g}.</p>
-<table><tr><th>family</th><th>before</th><th>after</th></tr>{families}</table>
+<p>Mirror test (a sample counts when it passes under its prompt and, from the same noise, under the prompt with left and
+right swapped; a model that draws one side whatever the prompt says gains nothing here):
+{result['mirror_consistent_before']:.3f} -&gt; {result['mirror_consistent_after']:.3f}, {result['mirror_gained']} gained,
+{result['mirror_lost']} lost, p = {result['mirror_mcnemar_p']:.3g}.</p>
+<table><tr><th>family</th><th>before</th><th>after</th><th>mirror-consistent before</th><th>after</th></tr>{families}</table>
 <p>Before / after on the same prompts and seeds:</p>
 <img src="{png_data_url(before.images[:24], 12)}"><br><img src="{png_data_url(after.images[:24], 12)}">
 </body></html>"""

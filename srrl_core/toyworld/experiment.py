@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from ..sampling import BranchNoise, derived_seeds, prior_latent, reflective_sample
+from ..training.mirror import mirror_prompt
 from .scenes import FAMILIES, prompt_family, sample_prompts
 from .verifiers import ToyPhysicsReward, compliance
 
@@ -86,11 +87,29 @@ def mcnemar_exact(before: torch.Tensor, after: torch.Tensor) -> tuple[int, int, 
     return gained, lost, min(1.0, 2 * tail)
 
 
-def per_family(evaluation: "Evaluation", prompts: Sequence[str]) -> dict[str, float]:
-    """Compliance per family of a prompt-major evaluation of ``prompts``."""
-    per_prompt = evaluation.compliant.numel() // len(prompts)
+def mirrored(prompts: Sequence[str]) -> list[str]:
+    """Each prompt's mirror image (left and right swapped), in order: evaluated on the same seeds, the second half of
+    :func:`mirror_consistent`."""
+    return [mirror_prompt(p) for p in prompts]
+
+
+def mirror_consistent(evaluation: "Evaluation", mirror: "Evaluation") -> torch.Tensor:
+    """[N] bool: each (prompt, seed) passes under its prompt and, from the same noise, under its mirror image.
+
+    A side prior (one side drawn whatever the prompt says) passes at most one of a prompt and its mirror image, so
+    this counts only compliance that reads the side the prompt names; plain compliance cannot tell the two apart."""
+    if evaluation.compliant.shape != mirror.compliant.shape:
+        raise ValueError(f"the mirror evaluation must pair up with the original, got {tuple(mirror.compliant.shape)} "
+                         f"and {tuple(evaluation.compliant.shape)} verdicts")
+    return evaluation.compliant & mirror.compliant
+
+
+def per_family(evaluation: "Evaluation | torch.Tensor", prompts: Sequence[str]) -> dict[str, float]:
+    """Compliance per family of a prompt-major evaluation of ``prompts`` (or of its [N] verdicts)."""
+    verdicts = evaluation if isinstance(evaluation, torch.Tensor) else evaluation.compliant
+    per_prompt = verdicts.numel() // len(prompts)
     families = [prompt_family(p) for p in prompts for _ in range(per_prompt)]
-    return {f: float(evaluation.compliant[[i for i, g in enumerate(families) if g == f]].float().mean())
+    return {f: float(verdicts[[i for i, g in enumerate(families) if g == f]].float().mean())
             for f in FAMILIES if f in families}
 
 

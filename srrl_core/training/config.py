@@ -60,6 +60,8 @@ class TrainConfig:
     groups_per_prompt: int = 1  # branching groups per drawn prompt: each prompt gets groups_per_prompt * split_time samples
     prompt_draws: int = 1  # up to this many draws of prompts_per_stage prompts per stage, the next only while fewer than
     # prompts_per_stage drawn prompts have rewards that differ by min_reward_gap (DAPO's dynamic sampling; 1: off)
+    mirror_prompts: bool = False  # draw prompts_per_stage / 2 prompts, each beside its mirror image (left and right
+    # swapped) on the same noise: a side prior gains in one and loses in the other (mirror.py)
     seed: int = 300
 
     # Rewards -> advantages -> selection (advantages.py, selection.py).
@@ -147,6 +149,8 @@ class TrainConfig:
         check_choice("reward_gap_scope", self.reward_gap_scope, GAP_SCOPES)
         if self.lora_targets is not None and (not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets)):
             raise ValueError(f"lora_targets must be a non-empty list of module-name suffixes, got {self.lora_targets!r}")
+        if self.mirror_prompts and self.prompts_per_stage % 2:
+            raise ValueError(f"prompts_per_stage must be even with mirror_prompts (prompt, mirror image), got {self.prompts_per_stage}")
         largest = self.split_step(self.curriculum_period - 1)
         if largest > self.steps:
             raise ValueError(

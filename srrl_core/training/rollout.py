@@ -18,7 +18,7 @@ the rows are split over processes or batches, and a stage replays exactly after 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ def branch_point(param, sigmas: torch.Tensor, split_step: int, eta: float) -> in
     return int(stochastic[-split_step])
 
 
-def row_noise(seed: int, stage: int, stream: int, rows: range) -> BranchNoise:
+def row_noise(seed: int, stage: int, stream: int, rows: Sequence[int]) -> BranchNoise:
     return BranchNoise([derive_seed(seed, stage, stream, r) for r in rows])
 
 
@@ -103,13 +103,15 @@ def collect_rollout(
     prompts: list[str],
     config: TrainConfig,
     stage: int,
-    first_row: int,
+    rows: Sequence[int],
     score: Callable[[torch.Tensor, list[str]], torch.Tensor] | None = None,
     on_step: OnStep = None,
 ) -> Rollout:
-    """Sample stage ``stage`` for ``prompts`` (global rows ``first_row`` ...) with conditioning ``cond`` [P]."""
+    """Sample stage ``stage`` for ``prompts`` with conditioning ``cond`` [P]; ``rows`` [P] are the groups' global noise
+    rows (two groups on one row start from, and branch with, the same noise)."""
     prompt_count, siblings = len(prompts), config.split_time
-    rows = range(first_row, first_row + prompt_count)
+    if len(rows) != prompt_count:
+        raise ValueError(f"rows ({len(rows)}) must give one noise row per prompt ({prompt_count})")
     seed, calls = config.seed, [0]
 
     def count() -> None:
@@ -132,7 +134,7 @@ def collect_rollout(
                 noise=row_noise(seed, stage, REFLECTION, rows) if config.reflection_eta > 0 else None,
                 score_fn=score_fn, selection=config.reflection_selection if score_fn else "last",
                 temperature=config.reflection_temperature,
-                generator=torch.Generator().manual_seed(derive_seed(seed, stage, REFLECTION, first_row)), on_step=count,
+                generator=torch.Generator().manual_seed(derive_seed(seed, stage, REFLECTION, rows[0])), on_step=count,
             )  # fmt: skip
             x, sigmas = state.latent, state.sigmas
             round_scores = [r.scores.flatten() for r in state.passes if r.scores is not None]
@@ -146,7 +148,7 @@ def collect_rollout(
         if branch_at > 0:
             x = sample(guided, x, sigmas[: branch_at + 1], scale=config.rollout_scale, eta=config.rollout_eta,
                        noise=row_noise(seed, stage, PREFIX, rows), on_step=count).latent  # fmt: skip
-        branch_rows = range(first_row * siblings, (first_row + prompt_count) * siblings)
+        branch_rows = [row * siblings + sibling for row in rows for sibling in range(siblings)]
         out = sample(guided, x.repeat_interleave(siblings, dim=0), sigmas[branch_at:], scale=config.rollout_scale,
                      eta=config.rollout_eta, noise=row_noise(seed, stage, BRANCH, branch_rows), record=True,
                      on_step=count)  # fmt: skip

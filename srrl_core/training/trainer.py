@@ -45,6 +45,7 @@ from .distributed import SingleProcess
 from .export import check_lora_name, export_lora
 from .lora import add_lora, load_lora_state_dict, lora_parameters, lora_state_dict
 from .metrics import MetricsWriter
+from .mirror import mirror_prompt
 from .policy import PolicyModel
 from .ppo import PPOUpdate, kept_transitions
 from .rollout import GLOBAL, PROMPTS, SHUFFLE, Rollout, collect_rollout, concat_rollouts, derive_seed, stochastic_steps
@@ -215,8 +216,21 @@ class SRRLTrainer:
         config = self.config
         keys = (config.seed, stage, PROMPTS) + ((draw,) if draw else ())
         g = torch.Generator().manual_seed(derive_seed(*keys))
-        drawn = torch.randint(len(self.prompts), (config.prompts_per_stage,), generator=g).tolist()
-        return [self.prompts[i] for i in drawn for _ in range(config.groups_per_prompt)]
+        if config.mirror_prompts:
+            drawn = torch.randint(len(self.prompts), (config.prompts_per_stage // 2,), generator=g).tolist()
+            prompts = [p for i in drawn for p in (self.prompts[i], mirror_prompt(self.prompts[i]))]
+        else:
+            drawn = torch.randint(len(self.prompts), (config.prompts_per_stage,), generator=g).tolist()
+            prompts = [self.prompts[i] for i in drawn]
+        return [p for p in prompts for _ in range(config.groups_per_prompt)]
+
+    def noise_rows(self, groups: int, draw: int = 0) -> list[int]:
+        """The noise row of each of a draw's ``groups`` groups: its own, except that with ``mirror_prompts`` a mirror
+        image's groups reuse the noise of its original's, so the pair differs only in the prompt."""
+        first, per_prompt = draw * groups, self.config.groups_per_prompt
+        if not self.config.mirror_prompts:
+            return list(range(first, first + groups))
+        return [first + g // (2 * per_prompt) * 2 * per_prompt + g % per_prompt for g in range(groups)]
 
     def sample_stage(self, stage: int) -> tuple[list[str], list[str], object, Rollout, torch.Tensor, torch.Tensor]:
         """Roll out and score stage ``stage``'s groups; returns (every group's prompt across processes, this process's,
@@ -233,10 +247,11 @@ class SRRLTrainer:
             local = len(drawn) // dist.world_size
             first = dist.rank * local
             mine = drawn[first : first + local]
+            rows = self.noise_rows(len(drawn), draw)[first : first + local]
             with torch.no_grad():
                 cond = self.policy.encode(mine)
             with self._autocast():
-                part = collect_rollout(self.policy, cond, mine, config, stage, draw * len(drawn) + first, self._score,
+                part = collect_rollout(self.policy, cond, mine, config, stage, rows, self._score,
                                        on_step=lambda: self._emit("model_call", stage=stage))  # fmt: skip
             offset = len(all_prompts) * config.split_time
             local_rows.append(torch.arange(offset + first * config.split_time, offset + (first + local) * config.split_time))

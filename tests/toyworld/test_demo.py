@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from srrl_core import demo
-from srrl_core.toyworld.experiment import heldout_set, mcnemar_exact, training_split_set
+from srrl_core.toyworld import scenes as S
+from srrl_core.toyworld.experiment import (Evaluation, heldout_set, mcnemar_exact, mirror_consistent, mirrored,
+                                           training_split_set)
+from srrl_core.toyworld.verifiers import compliance
 
 
 def run(tmp_path, name, *args):
@@ -29,6 +32,8 @@ def test_demo_reports_paired_heldout_compliance_and_the_lr_0_control_changes_not
     assert summary["n_pairs"] == 3 * 4 and summary["seed"] == 0
     assert summary["compliance_after"] == summary["compliance_before"] and summary["gained"] == summary["lost"] == 0
     assert summary["mcnemar_p"] == 1.0 and summary["noop_stages"] == 1
+    assert summary["mirror_consistent_after"] == summary["mirror_consistent_before"] <= summary["compliance_before"]
+    assert summary["mirror_gained"] == summary["mirror_lost"] == 0 and "Mirror test" in report
     assert [p["stage"] for p in summary["probe_curve"]] == [-1, 0]
     assert "McNemar" in report and "12 paired samples" in report
 
@@ -61,3 +66,23 @@ def test_mcnemar_exact_matches_the_binomial_tail():
     gained, lost, p = mcnemar_exact(before, after)
     assert (gained, lost) == (10, 2)
     assert abs(p - 2 * sum(math.comb(12, i) for i in range(3)) / 2**12) < 1e-12  # 0.0386
+
+
+def test_the_mirror_test_passes_a_model_that_reads_the_side_and_fails_a_side_prior():
+    # Compliant held-out scenes of every family. Mirrored horizontally, a compliant scene is a compliant scene of the
+    # mirrored prompt (the heavy block, the lamp and the glass's tilt all change side): a model that reads the side
+    # draws that. A side prior draws the same picture whatever the prompt says.
+    scenes = S.sample_scenes(24, seed=5, split="heldout", violation_rate=0.0)
+    prompts = [scene.prompt for scene in scenes]
+    images = S.render_batch(scenes, 32)  # [B, H, W, 3]: flip(2) mirrors left and right
+
+    def judged(pictures, texts):
+        return Evaluation(compliance(pictures, texts).bool(), torch.zeros(len(texts)), pictures, [], 0)
+
+    original = judged(images, prompts)
+    assert original.compliant.all()
+    reader = mirror_consistent(original, judged(images.flip(2), mirrored(prompts)))
+    side_prior = mirror_consistent(original, judged(images, mirrored(prompts)))
+    assert reader.all() and not side_prior.any()
+    with pytest.raises(ValueError, match="must pair up"):
+        mirror_consistent(original, judged(images[:3], mirrored(prompts[:3])))

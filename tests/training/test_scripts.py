@@ -72,8 +72,11 @@ def test_toyworld_merge_keeps_one_base_row_and_refuses_other_held_out_sets(tmp_p
         merged_results([files[0], files[2]])
     # The training split has its own column; rows from before it was measured leave it empty.
     seen = {**srrl, "calls_per_sample": 10, "train_split": {"compliance": 0.75, "ci": [0.4, 0.9], "gained": 3, "lost": 1}}
-    assert bench["format_row"](seen, 0.5).endswith("| 0.750 (3 / 1) |")
-    assert bench["format_row"]({**srrl, "calls_per_sample": 10}, 0.5).endswith("|  |")
+    assert bench["format_row"](seen, 0.5).endswith("| 0.750 (3 / 1) |  |")
+    assert bench["format_row"]({**srrl, "calls_per_sample": 10}, 0.5).endswith("|  |  |")
+    # So has the mirror test (rows from before it leave it empty, as above).
+    both = {**seen, "mirror": {"compliance": 0.25, "ci": [0.1, 0.5], "gained": 0, "lost": 2, "mcnemar_p": 0.5}}
+    assert bench["format_row"](both, 0.5).endswith("| 0.750 (3 / 1) | 0.250 (0 / 2, 0.5) |")
 
 
 def test_flow_rollout_benchmark_reads_the_shipped_step_exactly():

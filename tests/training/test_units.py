@@ -252,7 +252,7 @@ def test_rollout_siblings_share_the_prefix_and_rows_do_not_depend_on_the_split()
     policy = build_policy("tiny", steps=6)
     config = _rollout_config()
     prompts = ["a red cube", "a blue sphere"]
-    both = collect_rollout(policy, policy.encode(prompts), prompts, config, stage=1, first_row=0)  # K = 1, split_step 3
+    both = collect_rollout(policy, policy.encode(prompts), prompts, config, stage=1, rows=[0, 1])  # K = 1, split_step 3
     assert both.latents.shape == (3, 6, 4, 8, 8) and both.log_probs.shape == (3, 6) and both.trainable.all()
     fork = both.latents[0].view(2, 3, 4, 8, 8)
     assert torch.equal(fork[:, 0], fork[:, 1]) and torch.equal(fork[:, 0], fork[:, 2])  # one prefix per prompt
@@ -260,10 +260,32 @@ def test_rollout_siblings_share_the_prefix_and_rows_do_not_depend_on_the_split()
     assert not torch.allclose(after[:, 0], after[:, 1])  # independent noise from the fork on
     assert both.model_calls == 6 + 6 + 6  # round 1: 6 denoise + 6 invert; rollout: 3 prefix + 3 branched
     # The second prompt sampled alone as global row 1 (another process's share) gives the same siblings.
-    alone = collect_rollout(policy, policy.encode(prompts[1:]), prompts[1:], config, stage=1, first_row=1)
+    alone = collect_rollout(policy, policy.encode(prompts[1:]), prompts[1:], config, stage=1, rows=[1])
     # Batch size changes float rounding, which reflection (inversion) amplifies a little; other seeds differ by O(1).
     torch.testing.assert_close(alone.final, both.final[3:], rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(alone.log_probs, both.log_probs[:, 3:], rtol=1e-3, atol=1e-4)
+
+
+def test_mirror_prompts_pair_each_draw_with_its_mirror_image_on_the_same_noise():
+    from srrl_core.training import SRRLTrainer, collect_rollout
+    from srrl_core.training.mirror import has_side, mirror_prompt
+
+    assert mirror_prompt("Left lamp, ball on the right; leftover light") == "Right lamp, ball on the left; leftover light"
+    assert mirror_prompt(mirror_prompt("a cube on the left")) == "a cube on the left" and not has_side("a red cube")
+    prompts = ["a red cube on the left", "a blue sphere on the right", "a green cone"]
+    config = _rollout_config(prompts_per_stage=4, groups_per_prompt=2, mirror_prompts=True)
+    trainer = SRRLTrainer(build_policy("tiny", 6), lambda images, prompts: images.mean(dim=(1, 2, 3)), prompts, config)
+    drawn = trainer.stage_prompts(3)
+    assert len(drawn) == 8 and all(mirror_prompt(drawn[i]) == drawn[i + 2] for i in (0, 1, 4, 5))  # [p, p, m(p), m(p)] x 2
+    assert trainer.noise_rows(8) == [0, 1, 0, 1, 4, 5, 4, 5] and trainer.noise_rows(8, draw=1) == [8, 9, 8, 9, 12, 13, 12, 13]
+    # Groups on one noise row start and branch from the same noise: one prompt twice on a row gives one rollout twice.
+    policy = trainer.policy
+    same = collect_rollout(policy, policy.encode(["a red cube"] * 2), ["a red cube"] * 2, config, stage=1, rows=[5, 5])
+    assert torch.equal(same.final[:3], same.final[3:]) and torch.equal(same.log_probs[:, :3], same.log_probs[:, 3:])
+    apart = collect_rollout(policy, policy.encode(["a red cube"] * 2), ["a red cube"] * 2, config, stage=1, rows=[5, 6])
+    assert not torch.allclose(apart.final[:3], apart.final[3:])
+    with pytest.raises(ValueError, match=r"prompts_per_stage must be even with mirror_prompts"):
+        _rollout_config(prompts_per_stage=3, mirror_prompts=True)
 
 
 def test_concatenated_rollouts_keep_each_group_in_order():
@@ -272,15 +294,15 @@ def test_concatenated_rollouts_keep_each_group_in_order():
     policy = build_policy("tiny", steps=6)
     config = _rollout_config()
     prompts = ["a red cube", "a blue sphere"]
-    both = collect_rollout(policy, policy.encode(prompts), prompts, config, stage=1, first_row=0)
-    parts = [collect_rollout(policy, policy.encode([p]), [p], config, stage=1, first_row=row) for row, p in enumerate(prompts)]
+    both = collect_rollout(policy, policy.encode(prompts), prompts, config, stage=1, rows=[0, 1])
+    parts = [collect_rollout(policy, policy.encode([p]), [p], config, stage=1, rows=[row]) for row, p in enumerate(prompts)]
     joined = concat_rollouts(parts)
     assert joined.prompts == prompts and joined.model_calls == sum(p.model_calls for p in parts)
     assert joined.latents.shape == both.latents.shape and joined.final.shape == both.final.shape
     for name in ("latents", "next_latents", "log_probs", "final"):  # batch-size rounding only (see the test above)
         torch.testing.assert_close(getattr(joined, name), getattr(both, name), rtol=1e-3, atol=1e-4)
     assert concat_rollouts(parts[:1]) is parts[0]
-    other_stage = collect_rollout(policy, policy.encode(prompts[:1]), prompts[:1], config, stage=0, first_row=0)
+    other_stage = collect_rollout(policy, policy.encode(prompts[:1]), prompts[:1], config, stage=0, rows=[0])
     with pytest.raises(ValueError, match="only rollouts of one stage"):
         concat_rollouts([parts[0], other_stage])
 
@@ -308,7 +330,7 @@ def test_the_branch_point_skips_deterministic_steps_so_siblings_always_differ():
     assert branch_point(param, ending_at_zero, 5, 1.0) == 0 and branch_point(param, ending_at_zero, 6, 1.0) is None
     policy = dataclasses.replace(policy, sigmas=ending_at_zero)
     config = _rollout_config(split_step_start=1, split_step_stride=0, curriculum_period=1, max_rounds=0)
-    rollout = collect_rollout(policy, policy.encode(["a red cube"]), ["a red cube"], config, stage=0, first_row=0)
+    rollout = collect_rollout(policy, policy.encode(["a red cube"]), ["a red cube"], config, stage=0, rows=[0])
     assert rollout.trainable.tolist() == [True, False]
     assert not torch.allclose(rollout.final[0], rollout.final[1])
     with pytest.raises(ValueError, match=r"largest split step \(6\) exceeds the 5 stochastic steps"):
