@@ -1,10 +1,6 @@
 """pytest setup at the pack root (the tests' own fixtures live in tests/conftest.py)."""
 
-from pathlib import Path
-
 import pytest
-
-_PACK_ROOT = Path(__file__).resolve().parent
 
 
 class _PackRootAsPlainDirectory:
@@ -12,14 +8,18 @@ class _PackRootAsPlainDirectory:
     folder. Collected as a test Package, pytest would import it under a name made from the folder's, which fails when
     that is not an identifier (a clone into `tmp.XXXX`). The root is collected as a plain directory instead."""
 
+    def __init__(self, root):
+        self.root = root
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_collect_directory(self, path, parent):
-        if path == _PACK_ROOT:
+        if path == self.root:
             return pytest.Dir.from_parent(parent, path=path)
         return None
 
 
 def pytest_configure(config):
     # Registered as a plugin, not written as a conftest hook: pytest asks the root's parent folder how to collect the
-    # root, and a conftest's hooks only answer for its own folder.
-    config.pluginmanager.register(_PackRootAsPlainDirectory(), "srrl-pack-root")
+    # root, and a conftest's hooks only answer for its own folder. config.rootpath is the path pytest collects, the
+    # same spelling (no symlinks resolved) that the hook is called with.
+    config.pluginmanager.register(_PackRootAsPlainDirectory(config.rootpath), "srrl-pack-root")

@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TRACKED_FOR_ONE_TEST = ("pyproject.toml", "conftest.py", "__init__.py", "nodes", "srrl_core", "tests")
+PACK_PARTS_THE_TEST_NEEDS = ("pyproject.toml", "conftest.py", "__init__.py", "nodes", "srrl_core", "tests")
 
 
 def test_a_clone_in_a_dotted_folder_collects_and_runs(tmp_path):
     clone = tmp_path / "tmp.SrrlClone"
     clone.mkdir()
-    for name in TRACKED_FOR_ONE_TEST:
+    for name in PACK_PARTS_THE_TEST_NEEDS:
         source = REPO / name
         if source.is_dir():
             shutil.copytree(source, clone / name, ignore=shutil.ignore_patterns("__pycache__", "weights"))
