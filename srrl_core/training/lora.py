@@ -72,15 +72,20 @@ def add_lora(
     check_float("alpha", alpha, 1e-6)
     if lora_layers(network):
         raise ValueError("network already holds LoRA layers; call remove_lora(network) first")
+    # peft only fails when no target matches; one misspelt suffix among several would train silently without it.
+    unmatched = [t for t, names in target_matches(network, targets).items() if not names]
+    if unmatched:
+        raise ValueError(f"lora_targets {unmatched} match no linear or convolution layer of the network (targets are "
+                         f"suffixes of its module names; lora.target_matches lists the layers each one reaches)")
+    if conv and not any(target_matches(network, CONV_TARGETS[key_style]).values()):
+        raise ValueError(f"lora_conv: the network has no ResNet convolutions named {list(CONV_TARGETS[key_style])}; "
+                         f"set lora_conv to false for it")
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True,
                         target_modules=target_pattern(targets, key_style, conv))  # fmt: skip
     network.requires_grad_(False)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            inject_adapter_in_model(config, network, adapter_name=ADAPTER)
-    except ValueError as error:  # peft: "Target modules ... not found in the base model"
-        raise ValueError(f"lora_targets {list(targets)} match no adaptable layer of the network: {error}") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inject_adapter_in_model(config, network, adapter_name=ADAPTER)
     params = lora_parameters(network)
     for p in params:
         p.data = p.data.float()  # full-precision adapter weights over fp16/bf16 bases

@@ -215,11 +215,25 @@ def test_ldm_key_style_follows_comfyui_block_numbering(tmp_path):
     ldm_net.input_blocks = torch.nn.ModuleList([torch.nn.Module(), torch.nn.Module()])
     ldm_net.input_blocks[1].attn1 = torch.nn.Module()
     ldm_net.input_blocks[1].attn1.to_q = torch.nn.Linear(8, 8)
-    add_lora(ldm_net, key_style="ldm")
+    add_lora(ldm_net, targets=("to_q",), key_style="ldm")
     path = export_lora(ldm_net, str(tmp_path / "ldm.safetensors"), key_style="ldm")
     from safetensors.torch import load_file
 
     assert sorted(load_file(path)) == [f"lora_unet_input_blocks_1_attn1_to_q.{s}" for s in ("alpha", "lora_down.weight", "lora_up.weight")]
+
+
+def test_a_target_that_reaches_no_layer_is_an_error_before_anything_is_injected():
+    # peft itself only fails when no target matches: one misspelt suffix among several must not train silently.
+    unet = tiny_unet()
+    trainable = [p.requires_grad for p in unet.parameters()]
+    with pytest.raises(ValueError, match=r"lora_targets \['add_embedding.proj'\] match no linear or convolution layer"):
+        add_lora(unet, targets=("to_q", "add_embedding.proj"))
+    ldm_net = torch.nn.Module()
+    ldm_net.to_q = torch.nn.Linear(8, 8)
+    with pytest.raises(ValueError, match="lora_conv: the network has no ResNet convolutions"):
+        add_lora(ldm_net, targets=("to_q",), key_style="ldm", conv=True)
+    assert not lora_layers(unet) and not lora_layers(ldm_net)
+    assert [p.requires_grad for p in unet.parameters()] == trainable  # untouched: nothing frozen or thawed
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "a\\b", "", ".hidden", "x" * 200, "a..b"])
