@@ -94,6 +94,33 @@ def build_unet(seed: int | None = 0):
         return UNet2DConditionModel(**UNET_CONFIG)
 
 
+def with_pooled_text(model: ToyModel, seed: int = 0) -> ToyModel:
+    """``model`` with the pooled-text embedding of :data:`UNET_CONFIG` grown onto a UNet saved without it.
+
+    The new embedding's output LayerNorm starts with weight and bias zero, so it adds exactly 0 to the time
+    embedding: the grown model samples bit for bit as ``model`` until training moves that gate (as a zero-initialised
+    ControlNet branch does). Its other layers are initialised from ``seed``.
+    """
+    if model.unet.config.get("addition_embed_type") == UNET_CONFIG["addition_embed_type"]:
+        return model
+    from diffusers import UNet2DConditionModel
+
+    config = {**unet_config_of(model), "addition_embed_type": UNET_CONFIG["addition_embed_type"],
+              "addition_embed_type_num_heads": UNET_CONFIG["addition_embed_type_num_heads"]}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        grown = UNet2DConditionModel(**config)
+    missing, unexpected = grown.load_state_dict(model.unet.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("add_embedding.") for key in missing):
+        raise ValueError(f"the UNet does not match the toy architecture: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    torch.nn.init.zeros_(grown.add_embedding.norm2.weight)
+    torch.nn.init.zeros_(grown.add_embedding.norm2.bias)
+    grown.to(device=model.device).requires_grad_(False).eval()
+    if model.dtype != torch.float32:
+        grown.to(dtype=model.dtype)
+    return ToyModel(grown, model.text_encoder, model.tokenizer, model.scheduler_config, model.image_size, model.info)
+
+
 def new_toy_model(seed: int = 0) -> ToyModel:
     """A randomly initialised (untrained) toy model."""
     return ToyModel(build_unet(seed), build_text_encoder(seed + 1), tokenize, dict(SCHEDULER_CONFIG))

@@ -31,7 +31,7 @@ import torch
 
 from . import scenes as S
 from .model import (SCHEDULER_CONFIG, ToyModel, images_to_model, load_toy_model, measure_compliance, new_toy_model,
-                    save_toy_model, unet_config_of)
+                    save_toy_model, unet_config_of, with_pooled_text)
 from .text_encoder import TEXT_ENCODER_CONFIG, encode_tokens, tokenize
 
 EVAL_SEED = 1234  # initial-noise seeds for the recorded measurements: EVAL_SEED + i
@@ -91,7 +91,7 @@ def train(out: str | Path, *, steps: int | None = DEFAULT_STEPS, minutes: float 
           warmup: int = 100, ema_decay: float = 0.995, cfg_dropout: float = 0.1, min_snr_gamma: float = 5.0,
           eval_n: int = 96, eval_steps: int = 20, eval_cfg: float = 4.0, device: str = "cpu", log_every: int = 25,
           threads: int | None = 1, init_from: str | Path | None = None,
-          family_weights: dict[str, float] | None = None) -> dict:
+          family_weights: dict[str, float] | None = None, add_pooled_text: bool = False) -> dict:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -100,9 +100,14 @@ def train(out: str | Path, *, steps: int | None = DEFAULT_STEPS, minutes: float 
         # Continue from saved (EMA, fp16) weights with a fresh optimiser and schedule: the data stream is
         # endless, so a continuation is more training on new scenes, not a repeat of the old ones.
         model = load_toy_model(weights_dir=init_from)
+        if add_pooled_text:
+            model = with_pooled_text(model, seed)
         model.unet.requires_grad_(True)
         model.text_encoder.requires_grad_(True)
         prior = model.info.get("recipe", {})
+    elif add_pooled_text:
+        raise ValueError("add_pooled_text grows the pooled-text embedding onto saved weights: it needs init_from "
+                         "(a new model has the embedding already)")
     else:
         model = new_toy_model(seed)
     unet, text_encoder = model.unet.to(device).train(), model.text_encoder.to(device).train()
@@ -178,6 +183,7 @@ def train(out: str | Path, *, steps: int | None = DEFAULT_STEPS, minutes: float 
             "data": "endless training-split scenes, 32x32, families "
                     + ("uniform" if family_weights is None else json.dumps(family_weights)),
             "loss": "epsilon MSE, min-SNR weighted", "saved": "EMA weights, fp16",
+            **({"pooled_text_added": True} if add_pooled_text else {}),
             **({"continued_from": prior} if init_from is not None else {}),
         },
         "total_steps": step + _total_steps(prior),
@@ -259,6 +265,9 @@ def main(argv=None) -> None:
                         help="continue from the weights in this folder (e.g. srrl_core/toyworld/weights) instead of a random init")
     parser.add_argument("--family-weights", default=None,
                         help='relative weight of each family in the data, e.g. "balance=1,shadow=2,water=1.5" (default uniform)')
+    parser.add_argument("--add-pooled-text", action="store_true",
+                        help="with --init-from weights saved without it: grow the pooled-text embedding (zero-gated, "
+                             "so training starts from the same model) before continuing")
     args = parser.parse_args(argv)
     family_weights = parse_family_weights(args.family_weights)
     steps = args.steps if args.steps is not None else (None if args.minutes is not None else DEFAULT_STEPS)
@@ -267,7 +276,7 @@ def main(argv=None) -> None:
           warmup=args.warmup, ema_decay=args.ema_decay, cfg_dropout=args.cfg_dropout, min_snr_gamma=args.min_snr_gamma,
           eval_n=args.eval_n, eval_steps=args.eval_steps, eval_cfg=args.eval_cfg, device=args.device,
           threads=args.threads or None, log_every=args.log_every, init_from=args.init_from,
-          family_weights=family_weights)
+          family_weights=family_weights, add_pooled_text=args.add_pooled_text)
 
 
 if __name__ == "__main__":

@@ -291,6 +291,30 @@ def test_train_base_continues_from_saved_weights(tmp_path):
     assert not any(p.name.endswith(".part") for p in (tmp_path / "b").iterdir())
 
 
+def test_pooled_text_grows_onto_the_shipped_weights_without_changing_them(toy_model, tmp_path):
+    """The shipped UNet reads the prompt only through cross-attention; the grown pooled-text embedding is gated by
+    a zero LayerNorm, so the grown model is the same function until training opens the gate."""
+    from srrl_core.toyworld.model import WEIGHTS_DIR, encode_prompts, load_toy_model, with_pooled_text
+    from srrl_core.toyworld.train_base import train
+
+    assert toy_model.unet.config.addition_embed_type is None
+    grown = with_pooled_text(toy_model)
+    x, t = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([900, 100])
+    states = encode_prompts(toy_model, ["a balance with a heavy red block on the left", "a glass of water tilted to the right"])
+    with torch.no_grad():
+        assert torch.equal(grown.unet(x, t, encoder_hidden_states=states).sample,
+                           toy_model.unet(x, t, encoder_hidden_states=states).sample)  # fmt: skip
+    gate = grown.unet.add_embedding.norm2.weight.requires_grad_(True)
+    grown.unet(x, t, encoder_hidden_states=states).sample.square().mean().backward()
+    assert gate.grad.abs().sum() > 0  # the gate learns from the first step
+    assert with_pooled_text(grown) is grown
+    info = train(tmp_path, steps=1, batch_size=4, eval_n=0, log_every=1, warmup=1, init_from=WEIGHTS_DIR, add_pooled_text=True)
+    assert info["recipe"]["pooled_text_added"] and info["unet_config"]["addition_embed_type"] == "text"
+    assert load_toy_model(weights_dir=tmp_path).unet.config.addition_embed_type == "text"
+    with pytest.raises(ValueError, match="add_pooled_text .* needs init_from"):
+        train(tmp_path / "new", steps=1, add_pooled_text=True)
+
+
 def test_family_weights_parse_and_refuse():
     from srrl_core.toyworld.train_base import batch_stream, parse_family_weights
 
