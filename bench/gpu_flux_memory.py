@@ -1,6 +1,7 @@
 """Peak VRAM of one LoRA update on a Flux-shaped transformer at full width, extrapolated to full depth.
 
     python bench/gpu_flux_memory.py [--quick] [--double-blocks 1] [--single-blocks 2] [--rank 4] [--no-checkpointing]
+                                    [--attention default|flash|efficient|cudnn|math]
     python bench/gpu_flux_memory.py --tiny --device cpu      # the same code path at toy width (seconds on a CPU)
 
 A diffusers ``FluxTransformer2DModel`` is built with random weights (no download) at Flux.1's **full width**
@@ -19,6 +20,7 @@ the differences give the cost per double and per single block, which the table e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import sys
@@ -40,6 +42,7 @@ TINY_WIDTH = dict(
     patch_size=1, in_channels=64, out_channels=None, attention_head_dim=32, num_attention_heads=2,
     joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(8, 12, 12),
 )  # fmt: skip
+ATTENTION_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
 FLUX_DEPTH = (19, 38)  # Flux.1 [dev] / [schnell]: double (joint) blocks, single blocks
 FULL_SHAPE = dict(latent=128, text=512)  # 1024 px: 128x128 latent -> 64x64 = 4096 packed tokens; T5 at 512 tokens
 TINY_SHAPE = dict(latent=16, text=16)  # 64 image tokens, 16 text tokens
@@ -61,6 +64,15 @@ def release(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def attention_backend(name: str):
+    """torch's own SDPA choice ("default"), or one backend pinned: isolates a kernel that fails on one card."""
+    if name == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, ATTENTION_BACKENDS[name]))
 
 
 def build(width: dict, double: int, single: int, device: torch.device, rank: int, checkpointing: bool):
@@ -134,6 +146,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--single-blocks", type=int, default=2, help="single blocks of the base measurement")
     parser.add_argument("--rank", type=int, default=4, help="LoRA rank (alpha = rank); TrainConfig's default is 4")
     parser.add_argument("--no-checkpointing", action="store_true", help="disable gradient checkpointing (to compare)")
+    parser.add_argument("--attention", choices=("default", *ATTENTION_BACKENDS), default="default",
+                        help="scaled-dot-product attention backend (default: torch's choice for the card)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -145,7 +159,8 @@ def main(argv=None) -> list[dict]:
     started = time.perf_counter()
 
     d, s = args.double_blocks, args.single_blocks
-    runs = [measure(width, shape, dd, ss, device, args.rank, checkpointing) for dd, ss in ((d, s), (d + 1, s), (d, s + 1))]
+    with attention_backend(args.attention):
+        runs = [measure(width, shape, dd, ss, device, args.rank, checkpointing) for dd, ss in ((d, s), (d + 1, s), (d, s + 1))]
     base, more_double, more_single = runs
     keys = ("base_params", "lora_params", "weights_gib", "peak_gib")
     per_double = {k: more_double[k] - base[k] for k in keys}
@@ -159,20 +174,27 @@ def main(argv=None) -> list[dict]:
     print(f"\n{name}: hidden {hidden} ({width['num_attention_heads']} heads x {width['attention_head_dim']}), text dim "
           f"{width['joint_attention_dim']}, {base['image_tokens']} image tokens x {width['in_channels']} ch + {shape['text']} text "
           f"tokens, batch 1; {gpu}; weights bf16 frozen + fp32 LoRA r{args.rank} on FLUX_LORA_TARGETS + fp32 AdamW; "
-          f"gradient checkpointing {'on' if checkpointing else 'off'}; torch {torch.__version__}; "
+          f"gradient checkpointing {'on' if checkpointing else 'off'}; attention {args.attention}; torch {torch.__version__}; "
           f"total {time.perf_counter() - started:.0f} s\n")  # fmt: skip
-    print("| configuration | base params (M) | LoRA params (M) | weights VRAM (GiB) | peak VRAM of the update (GiB) | s / update |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| configuration | base params (M) | LoRA params (M) | weights VRAM (GiB) | peak VRAM of the update (GiB) "
+          "| update over the weights (GiB) | s / update |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in runs:
         print(f"| measured: {r['double']} double + {r['single']} single | {r['base_params'] / 1e6:.1f} | {r['lora_params'] / 1e6:.3f} "
-              f"| {fmt(r['weights_gib'])} | {fmt(r['peak_gib'])} | {r['seconds']:.3f} |")  # fmt: skip
+              f"| {fmt(r['weights_gib'])} | {fmt(r['peak_gib'])} | {fmt(r['peak_gib'] - r['weights_gib'])} | {r['seconds']:.3f} |")  # fmt: skip
     for label, delta in (("per double block (difference)", per_double), ("per single block (difference)", per_single)):
         print(f"| {label} | {delta['base_params'] / 1e6:.1f} | {delta['lora_params'] / 1e6:.3f} | {fmt(delta['weights_gib'], 3)} "
-              f"| {fmt(delta['peak_gib'], 3)} | |")  # fmt: skip
+              f"| {fmt(delta['peak_gib'], 3)} | {fmt(delta['peak_gib'] - delta['weights_gib'], 3)} | |")  # fmt: skip
     print(f"| **EXTRAPOLATION (not measured)**: {full_d} double + {full_s} single, linear in the per-block differences "
-          f"| {full['base_params'] / 1e6:.1f} | {full['lora_params'] / 1e6:.3f} | {fmt(full['weights_gib'])} | {fmt(full['peak_gib'])} | |")  # fmt: skip
+          f"| {full['base_params'] / 1e6:.1f} | {full['lora_params'] / 1e6:.3f} | {fmt(full['weights_gib'])} | {fmt(full['peak_gib'])} "
+          f"| {fmt(full['peak_gib'] - full['weights_gib'])} | |")  # fmt: skip
     print("\nThe extrapolated row assumes every block costs what the added one did; with checkpointing the activation"
           " part of the peak is one block's recompute plus each block's saved input, so it grows about linearly.")
+    floor = full["weights_gib"] + min(r["peak_gib"] - r["weights_gib"] for r in runs)
+    if full["peak_gib"] < floor:  # a per-block peak difference below the weights' own: the fit is noise, not memory
+        print(f"The linear peak falls below the full weights plus the smallest measured update ({floor:.2f} GiB): the "
+              "update's memory over the weights did not grow with depth here, so read the full-depth peak as about "
+              f"{floor:.2f} GiB.")
     return runs + [dict(full, double=full_d, single=full_s, extrapolated=True)]
 
 

@@ -1,4 +1,4 @@
-"""The GPU benchmark's code path on a toy UNet, and the shipped example configurations."""
+"""The GPU benchmarks' code paths at toy size, and the shipped example configurations."""
 
 import glob
 import json
@@ -25,6 +25,22 @@ def test_gpu_sd15_benchmark_runs_its_code_path_with_a_tiny_unet(capsys):
     assert [r["kind"] for r in rows] == ["train step", "train step", "rollout step (no grad)"]
     assert all(r["per_s"] > 0 for r in rows)
     assert "| train step | 2 (4) |" in capsys.readouterr().out
+
+
+def test_gpu_flux_benchmark_runs_its_code_path_with_a_pinned_attention_backend(capsys):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        module = runpy.run_path(os.path.join(REPO, "bench", "gpu_flux_memory.py"))
+        rows = module["main"](["--tiny", "--device", "cpu", "--attention", "math"])
+    finally:
+        torch.set_num_threads(threads)
+    measured, full = rows[:3], rows[3]
+    assert [(r["double"], r["single"]) for r in measured] == [(1, 2), (2, 2), (1, 3)]
+    per_double = measured[1]["base_params"] - measured[0]["base_params"]
+    per_single = measured[2]["base_params"] - measured[0]["base_params"]
+    assert full["base_params"] == measured[0]["base_params"] + 18 * per_double + 36 * per_single
+    assert "attention math" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.*ml"))), ids=os.path.basename)
