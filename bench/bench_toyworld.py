@@ -85,7 +85,7 @@ def ddpo_config(srrl: TrainConfig, out: str) -> TrainConfig:
     branching, so every step from the start is trained), every sample kept with its per-prompt advantage."""
     per_stage = sum(sampled_images(srrl, n) for n in range(srrl.stages)) / srrl.stages
     groups = max(4, round(per_stage / srrl.prompts_per_stage))  # >= 4 samples per prompt for a baseline
-    values = {**srrl.to_dict(), "groups_per_prompt": groups, "split_time": 1, "max_rounds": 0, "prompt_draws": 1,
+    values = {**srrl.to_dict(), "groups_per_prompt": groups, "split_time": 1, "max_rounds": 0, "prompt_draws": 1, "train_every_round": False,
               "split_step_start": srrl.steps - 1, "split_step_stride": 0, "curriculum_period": 1,
               "positive_threshold": -1e9, "negative_threshold": -1e9, "min_reward_gap": 0.0,
               "advantage_min_count": min(groups, srrl.advantage_min_count), "output_dir": out, "lora_name": "ddpo"}  # fmt: skip
@@ -93,8 +93,8 @@ def ddpo_config(srrl: TrainConfig, out: str) -> TrainConfig:
 
 
 def sampled_images(config: TrainConfig, stage: int) -> int:
-    """Images one training stage samples at one prompt draw: every group's reflective passes plus its siblings."""
-    return config.prompts_per_stage * config.groups_per_prompt * (config.rounds(stage) + config.split_time)
+    """Images one training stage samples at one prompt draw (:meth:`TrainConfig.images_per_group` per group)."""
+    return config.prompts_per_stage * config.groups_per_prompt * config.images_per_group(stage)
 
 
 def main() -> None:

@@ -46,6 +46,9 @@ class TrainConfig:
     reflection_selection: str = "last"  # "last" (reference: no reward between rounds), "best", "softmax"
     score_reflection_rounds: bool = False  # score every round (implied by "best"/"softmax"); logged per round
     reflection_temperature: float = 1.0  # softmax selection temperature
+    train_every_round: bool = False  # every round is a recorded rollout of split_time siblings that trains, and each
+    # group's best-rewarded sibling is carried into the next round (the paper's figure); False: the rounds are the
+    # deterministic reflection above and only the final rollout trains (the reference code)
 
     # Curriculum.
     stages: int = 50
@@ -151,6 +154,9 @@ class TrainConfig:
             raise ValueError(f"lora_targets must be a non-empty list of module-name suffixes, got {self.lora_targets!r}")
         if self.mirror_prompts and self.prompts_per_stage % 2:
             raise ValueError(f"prompts_per_stage must be even with mirror_prompts (prompt, mirror image), got {self.prompts_per_stage}")
+        if self.train_every_round and self.prompt_draws > 1:
+            raise ValueError(f"train_every_round needs prompt_draws = 1 (each round already samples every group again), "
+                             f"got {self.prompt_draws}")  # fmt: skip
         largest = self.split_step(self.curriculum_period - 1)
         if largest > self.steps:
             raise ValueError(
@@ -168,6 +174,12 @@ class TrainConfig:
     def rounds(self, stage: int) -> int:
         """Reflective rounds K before the recorded rollout of stage ``stage``."""
         return min(stage // self.rounds_every, self.max_rounds)
+
+    def images_per_group(self, stage: int) -> int:
+        """Images one group samples in stage ``stage``: every round's (K + 1 branched rollouts when each round trains,
+        else K reflective passes) plus the final siblings."""
+        rounds = self.rounds(stage)
+        return (rounds + 1) * self.split_time if self.train_every_round else rounds + self.split_time
 
     def learning_rate_at(self, stage: int) -> float:
         """The learning rate of stage ``stage``: ``learning_rate``, times (stages - stage) / (lr_decay_stages + 1) in the

@@ -11,6 +11,11 @@ For P prompts (rows prompt-major throughout):
    and log-probabilities of their transitions. The branch point leaves ``split_step`` *stochastic* transitions
    after it (:func:`branch_point`): a deterministic step cannot make siblings differ.
 
+With ``train_every_round`` the rounds are themselves recorded rollouts (the paper's figure: every round's samples
+are scored and trained): round 0 is step 2 from :math:`x_T \sim \mathcal N(0, I)`, and :func:`continue_round`
+carries each group's best-rewarded sibling back with the condition-guided forward process and rolls out round
+k + 1 from it.
+
 Every random stream is seeded from (run seed, stage, stream, global row), so a row's samples do not depend on how
 the rows are split over processes or batches, and a stage replays exactly after a resume.
 """
@@ -26,6 +31,7 @@ import torch
 from ..sampling.ddim import transition_std
 from ..sampling.noise import BranchNoise
 from ..sampling.reflective import reflect
+from ..sampling.renoise import renoise
 from ..sampling.samplers import OnStep, prior_latent, sample
 from .config import TrainConfig
 from .policy import PolicyModel
@@ -57,8 +63,21 @@ def branch_point(param, sigmas: torch.Tensor, split_step: int, eta: float) -> in
     return int(stochastic[-split_step])
 
 
-def row_noise(seed: int, stage: int, stream: int, rows: Sequence[int]) -> BranchNoise:
-    return BranchNoise([derive_seed(seed, stage, stream, r) for r in rows])
+def row_noise(seed: int, stage: int, stream: int, rows: Sequence[int], round_index: int = 0) -> BranchNoise:
+    """Noise of ``rows`` in one stream; trained round k > 0 draws its own (round 0 keeps the one-round seeds)."""
+    return BranchNoise([derive_seed(seed, stage, stream, r, *((round_index,) if round_index else ())) for r in rows])
+
+
+class CallCounter:
+    """Counts model calls (one CFG step of the batch) and forwards each to ``on_step``."""
+
+    def __init__(self, on_step: OnStep = None):
+        self.calls, self.on_step = 0, on_step
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.on_step is not None:
+            self.on_step()
 
 
 @dataclass
@@ -109,23 +128,17 @@ def collect_rollout(
 ) -> Rollout:
     """Sample stage ``stage`` for ``prompts`` with conditioning ``cond`` [P]; ``rows`` [P] are the groups' global noise
     rows (two groups on one row start from, and branch with, the same noise)."""
-    prompt_count, siblings = len(prompts), config.split_time
+    prompt_count = len(prompts)
     if len(rows) != prompt_count:
         raise ValueError(f"rows ({len(rows)}) must give one noise row per prompt ({prompt_count})")
-    seed, calls = config.seed, [0]
-
-    def count() -> None:
-        calls[0] += 1
-        if on_step is not None:
-            on_step()
-
+    seed, count = config.seed, CallCounter(on_step)
     with torch.no_grad():
         guided = policy.guided(cond)
         device = policy.device
         noise = row_noise(seed, stage, START, rows).randn_like(torch.empty((prompt_count,) + tuple(policy.latent_shape)))
         x = prior_latent(guided, noise.to(device), policy.sigmas[0])
         sigmas, round_scores = policy.sigmas, []
-        rounds = config.rounds(stage)
+        rounds = 0 if config.train_every_round else config.rounds(stage)  # trained rounds: the trainer's loop
         if rounds:
             score_fn = (lambda latents: score(latents, prompts)) if config.scores_rounds and score is not None else None
             state = reflect(
@@ -138,21 +151,55 @@ def collect_rollout(
             )  # fmt: skip
             x, sigmas = state.latent, state.sigmas
             round_scores = [r.scores.flatten() for r in state.passes if r.scores is not None]
-        branch_at = branch_point(policy.parametrization, sigmas, config.split_step(stage), config.rollout_eta)
-        if branch_at is None:
-            raise ValueError(
-                f"renoise_strength ({config.renoise_strength}) leaves {stochastic_steps(policy.parametrization, sigmas, config.rollout_eta)} "
-                f"stochastic steps after re-noising, fewer than split_step {config.split_step(stage)} of stage {stage}; "
-                "raise renoise_strength or lower the split steps"
-            )
-        if branch_at > 0:
-            x = sample(guided, x, sigmas[: branch_at + 1], scale=config.rollout_scale, eta=config.rollout_eta,
-                       noise=row_noise(seed, stage, PREFIX, rows), on_step=count).latent  # fmt: skip
-        branch_rows = [row * siblings + sibling for row in rows for sibling in range(siblings)]
-        out = sample(guided, x.repeat_interleave(siblings, dim=0), sigmas[branch_at:], scale=config.rollout_scale,
-                     eta=config.rollout_eta, noise=row_noise(seed, stage, BRANCH, branch_rows), record=True,
-                     on_step=count)  # fmt: skip
+        rollout = _branched_rollout(policy, guided, x, sigmas, prompts, config, stage, rows, 0, count)
+    rollout.round_scores, rollout.model_calls = round_scores, count.calls
+    return rollout
+
+
+def continue_round(
+    policy: PolicyModel,
+    cond,
+    previous: Rollout,
+    rewards: torch.Tensor,
+    config: TrainConfig,
+    stage: int,
+    rows: Sequence[int],
+    round_index: int,
+    on_step: OnStep = None,
+) -> Rollout:
+    """Trained round ``round_index`` (``train_every_round``): each group of ``previous`` carries its best-rewarded
+    sibling (``rewards`` [P*G], this process's) back with the condition-guided forward process (DDIM inversion at
+    CFG ``inversion_scale``, ``renoise_strength`` of the schedule) and branches a new recorded rollout from there."""
+    count, siblings = CallCounter(on_step), previous.siblings
+    best = rewards.view(-1, siblings).argmax(dim=1) + torch.arange(len(previous.prompts)) * siblings
+    with torch.no_grad():
+        guided = policy.guided(cond)
+        back = renoise(guided, previous.final[best.to(previous.final.device)], policy.sigmas,
+                       renoise_strength=config.renoise_strength, scale=config.inversion_scale, on_step=count)  # fmt: skip
+        rollout = _branched_rollout(policy, guided, back.latent, back.sigmas, previous.prompts, config, stage, rows,
+                                    round_index, count)  # fmt: skip
+    rollout.model_calls = count.calls
+    return rollout
+
+
+def _branched_rollout(policy, guided, x, sigmas, prompts, config, stage, rows, round_index, count) -> Rollout:
+    """The recorded rollout from ``x`` at ``sigmas[0]``: a shared prefix, then ``split_time`` recorded siblings."""
+    seed, siblings = config.seed, config.split_time
+    branch_at = branch_point(policy.parametrization, sigmas, config.split_step(stage), config.rollout_eta)
+    if branch_at is None:
+        raise ValueError(
+            f"renoise_strength ({config.renoise_strength}) leaves {stochastic_steps(policy.parametrization, sigmas, config.rollout_eta)} "
+            f"stochastic steps after re-noising, fewer than split_step {config.split_step(stage)} of stage {stage}; "
+            "raise renoise_strength or lower the split steps"
+        )
+    if branch_at > 0:
+        x = sample(guided, x, sigmas[: branch_at + 1], scale=config.rollout_scale, eta=config.rollout_eta,
+                   noise=row_noise(seed, stage, PREFIX, rows, round_index), on_step=count).latent  # fmt: skip
+    branch_rows = [row * siblings + sibling for row in rows for sibling in range(siblings)]
+    out = sample(guided, x.repeat_interleave(siblings, dim=0), sigmas[branch_at:], scale=config.rollout_scale,
+                 eta=config.rollout_eta, noise=row_noise(seed, stage, BRANCH, branch_rows, round_index), record=True,
+                 on_step=count)  # fmt: skip
     t = out.trajectory
     trainable = transition_std(policy.parametrization, t.sigmas.float(), t.next_sigmas.float(), config.rollout_eta) > 0
     return Rollout(list(prompts), t.latents, t.next_latents, t.sigmas.float(), t.next_sigmas.float(), t.log_probs,
-                   trainable, out.latent, round_scores, calls[0])  # fmt: skip
+                   trainable, out.latent, [], 0)  # fmt: skip

@@ -48,7 +48,7 @@ from .metrics import MetricsWriter
 from .mirror import mirror_prompt
 from .policy import PolicyModel
 from .ppo import PPOUpdate, kept_transitions
-from .rollout import GLOBAL, PROMPTS, SHUFFLE, Rollout, collect_rollout, concat_rollouts, derive_seed, stochastic_steps
+from .rollout import GLOBAL, PROMPTS, SHUFFLE, Rollout, collect_rollout, concat_rollouts, continue_round, derive_seed, stochastic_steps
 from .selection import informative_prompts, reward_spread, select_siblings
 
 logger = logging.getLogger(__name__)
@@ -163,6 +163,8 @@ class SRRLTrainer:
         self._emit("stage_start", stage=stage, split_step=split_step, rounds=rounds,
                    planned_model_calls=planned_model_calls(config.steps, rounds, config.renoise_strength))  # fmt: skip
         all_prompts, prompts, cond, rollout, rewards, local_rows = self.sample_stage(stage)
+        groups = config.prompts_per_stage * config.groups_per_prompt
+        draws = len(all_prompts) // groups // (rounds + 1 if config.train_every_round else 1)
 
         # Advantages over the whole stage (all processes), then this process's rows.
         row_prompts = [p for p in all_prompts for _ in range(config.split_time)]
@@ -182,11 +184,14 @@ class SRRLTrainer:
             "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
             "reward_max": float(rewards.max()), "reward_min": float(rewards.min()),
             "kept_trajectories": kept, "kept_transitions": transitions, "split_step": split_step,
-            "reflection_rounds": rounds, "model_calls": rollout.model_calls, "prompt_draws": len(all_prompts) // (config.prompts_per_stage * config.groups_per_prompt),
-            "sampled_images": len(all_prompts) * (rounds + config.split_time),
+            "reflection_rounds": rounds, "model_calls": rollout.model_calls, "prompt_draws": draws,
+            "sampled_images": draws * groups * config.images_per_group(stage),
         }  # fmt: skip
         for k, scores in enumerate(rollout.round_scores):
             metrics[f"round_reward_mean/{k}"] = float(dist.gather(scores.float()).mean())
+        if config.train_every_round:  # rounds are round-major blocks of the stage's rewards
+            for k, scores in enumerate(rewards.view(rounds + 1, -1)):
+                metrics[f"round_reward_mean/{k}"] = float(scores.mean())
 
         # The PPO update: one optimiser step per trajectories_per_update kept trajectories' worth of transitions.
         if kept == 0:
@@ -234,7 +239,8 @@ class SRRLTrainer:
 
     def sample_stage(self, stage: int) -> tuple[list[str], list[str], object, Rollout, torch.Tensor, torch.Tensor]:
         """Roll out and score stage ``stage``'s groups; returns (every group's prompt across processes, this process's,
-        their conditioning, its rollout, all rewards, the rows of this process's rewards among them).
+        their conditioning, its rollout, all rewards, the rows of this process's rewards among them). With
+        ``train_every_round`` each round's rollout joins them as groups of their own (round-major).
 
         With ``prompt_draws`` > 1 this is DAPO's dynamic sampling: while fewer than ``prompts_per_stage`` of the
         prompts drawn so far are informative (:func:`.selection.informative_prompts`: some samples differ by at least
@@ -253,12 +259,19 @@ class SRRLTrainer:
             with self._autocast():
                 part = collect_rollout(self.policy, cond, mine, config, stage, rows, self._score,
                                        on_step=lambda: self._emit("model_call", stage=stage))  # fmt: skip
-            offset = len(all_prompts) * config.split_time
-            local_rows.append(torch.arange(offset + first * config.split_time, offset + (first + local) * config.split_time))
-            rewards.append(dist.gather(self._score(part.final, mine).float()))
-            all_prompts += drawn
-            prompts += mine
-            parts.append(part)
+            last_round = config.rounds(stage) if config.train_every_round else 0
+            for round_index in range(last_round + 1):
+                scores = self._score(part.final, mine).float()
+                offset = len(all_prompts) * config.split_time
+                local_rows.append(torch.arange(offset + first * config.split_time, offset + (first + local) * config.split_time))
+                rewards.append(dist.gather(scores))
+                all_prompts += drawn
+                prompts += mine
+                parts.append(part)
+                if round_index < last_round:
+                    with self._autocast():
+                        part = continue_round(self.policy, cond, part, scores, config, stage, rows, round_index + 1,
+                                              on_step=lambda: self._emit("model_call", stage=stage))  # fmt: skip
             if draw + 1 < config.prompt_draws and self._informative(torch.cat(rewards), all_prompts) >= config.prompts_per_stage:
                 break
         if len(parts) > 1:  # conditioning types differ per model (tensor, dataclass): encode the union again

@@ -330,6 +330,35 @@ def test_scored_reflection_rounds_are_logged_and_the_best_is_carried(tmp_path):
     assert {"round_reward_mean/0", "round_reward_mean/1"} <= set(metrics) and metrics["reflection_rounds"] == 2
 
 
+def test_every_round_trains_and_carries_each_groups_best_sibling(tmp_path):
+    from srrl_core.training import SRRLTrainer
+    from srrl_core.training.rollout import collect_rollout, continue_round
+
+    brightness = lambda images, prompts: images.mean(dim=(1, 2, 3))  # noqa: E731
+    config = _rollout_config(output_dir=str(tmp_path), train_every_round=True, split_step_start=3, split_step_stride=0,
+                             renoise_strength=0.5, sibling_selection="all")  # fmt: skip
+    trainer = SRRLTrainer(build_policy("tiny", 6), brightness, ["a red cube", "a blue sphere"], config)
+    policy, prompts = trainer.policy, ["a red cube", "a blue sphere"]
+    cond = policy.encode(prompts)
+    first = collect_rollout(policy, cond, prompts, config, stage=2, rows=[0, 1])
+    assert first.model_calls == 6 and not first.round_scores  # no deterministic reflection before a trained round 0
+    rewards = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.2, 0.3])
+    second = continue_round(policy, cond, first, rewards, config, stage=2, rows=[0, 1], round_index=1)
+    assert second.model_calls == 3 + 3 and torch.equal(second.sigmas, first.sigmas)  # 3 inverted + 3 denoised steps
+    # Round 1 restarts from the re-noised best sibling of each group (rows 1 and 3): rebuild that by hand.
+    from srrl_core.sampling.renoise import renoise
+
+    back = renoise(policy.guided(cond), first.final[[1, 3]], policy.sigmas, renoise_strength=0.5, scale=config.inversion_scale)
+    again = continue_round(policy, cond, first, rewards, config, stage=2, rows=[0, 1], round_index=1)
+    assert torch.equal(again.final, second.final) and torch.equal(second.latents[0].view(2, 3, 4, 8, 8)[:, 0], back.latent)
+    assert not torch.allclose(second.final, first.final)  # its own branch noise, not round 0's
+    metrics = trainer.run_stage(2)  # K = 2: rounds 0, 1, 2 all trained
+    assert metrics["sampled_images"] == 3 * 2 * 3 and metrics["kept_trajectories"] == 18
+    assert {f"round_reward_mean/{k}" for k in range(3)} <= set(metrics) and metrics["model_calls"] == 6 + 2 * 6
+    with pytest.raises(ValueError, match="train_every_round needs prompt_draws = 1"):
+        _rollout_config(train_every_round=True, prompt_draws=2)
+
+
 def test_the_branch_point_skips_deterministic_steps_so_siblings_always_differ():
     import dataclasses
 
