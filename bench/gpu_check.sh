@@ -24,8 +24,9 @@ export PYTHONUNBUFFERED=1
     echo "## PPO update, SD1.5 at 512 px"
     python3 bench/gpu_sd15_training.py --quick
     echo "## LoRA update, Flux-shaped transformer at full width, 1024 px tokens (peak VRAM, extrapolated to full depth)"
-    # torch's default attention backend first; torch 2.11's cuDNN SDPA backward hit an illegal memory access on an
-    # H200 at this shape (docs/performance.md), so a failure falls back to the flash backend and says so
-    python3 bench/gpu_flux_memory.py || { echo "(default attention failed: flash backend)"; python3 bench/gpu_flux_memory.py --attention flash; }
-    python3 bench/gpu_flux_memory.py --no-checkpointing --attention flash
+    # the update's kernels (srrl_core.training.ppo.update_attention: cuDNN's SDPA left out on CUDA), then torch's own
+    # choice once more: its cuDNN backward hit an illegal memory access on an H200 with torch 2.11 (docs/performance.md)
+    python3 bench/gpu_flux_memory.py
+    python3 bench/gpu_flux_memory.py --no-checkpointing
+    python3 bench/gpu_flux_memory.py --attention torch 2>&1 | tail -3 || true
 } 2>&1 | tee "$out/gpu_check.md"

@@ -1,7 +1,7 @@
 """Peak VRAM of one LoRA update on a Flux-shaped transformer at full width, extrapolated to full depth.
 
     python bench/gpu_flux_memory.py [--quick] [--double-blocks 1] [--single-blocks 2] [--rank 4] [--no-checkpointing]
-                                    [--attention default|flash|efficient|cudnn|math]
+                                    [--attention update|torch|flash|efficient|cudnn|math]
     python bench/gpu_flux_memory.py --tiny --device cpu      # the same code path at toy width (seconds on a CPU)
 
 A diffusers ``FluxTransformer2DModel`` is built with random weights (no download) at Flux.1's **full width**
@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from srrl_core.adapters.diffusers_transformer import LORA_TARGETS, DiffusersTransformerDenoiser  # noqa: E402
 from srrl_core.adapters.diffusers_unet import TextConditioning  # noqa: E402
 from srrl_core.training import add_lora  # noqa: E402
+from srrl_core.training.ppo import update_attention  # noqa: E402
 
 FLUX_WIDTH = dict(
     patch_size=1, in_channels=64, out_channels=None, attention_head_dim=128, num_attention_heads=24,
@@ -66,9 +67,12 @@ def release(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def attention_backend(name: str):
-    """torch's own SDPA choice ("default"), or one backend pinned: isolates a kernel that fails on one card."""
-    if name == "default":
+def attention_backend(name: str, device: torch.device):
+    """The SRRL update's kernels ("update": :func:`update_attention`), torch's own SDPA choice ("torch"), or one
+    backend pinned: isolates a kernel that fails on one card."""
+    if name == "update":
+        return update_attention(device)
+    if name == "torch":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -146,8 +150,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--single-blocks", type=int, default=2, help="single blocks of the base measurement")
     parser.add_argument("--rank", type=int, default=4, help="LoRA rank (alpha = rank); TrainConfig's default is 4")
     parser.add_argument("--no-checkpointing", action="store_true", help="disable gradient checkpointing (to compare)")
-    parser.add_argument("--attention", choices=("default", *ATTENTION_BACKENDS), default="default",
-                        help="scaled-dot-product attention backend (default: torch's choice for the card)")
+    parser.add_argument("--attention", choices=("update", "torch", *ATTENTION_BACKENDS), default="update",
+                        help="scaled-dot-product attention backend (update: the SRRL update's, every backend but cuDNN "
+                             "on CUDA; torch: torch's own choice for the card)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -159,7 +164,7 @@ def main(argv=None) -> list[dict]:
     started = time.perf_counter()
 
     d, s = args.double_blocks, args.single_blocks
-    with attention_backend(args.attention):
+    with attention_backend(args.attention, device):
         runs = [measure(width, shape, dd, ss, device, args.rank, checkpointing) for dd, ss in ((d, s), (d + 1, s), (d, s + 1))]
     base, more_double, more_single = runs
     keys = ("base_params", "lora_params", "weights_gib", "peak_gib")

@@ -150,6 +150,18 @@ def transition_losses(
     return losses, stats
 
 
+def update_attention(device: torch.device):
+    """The attention kernels of the update (forward and backward; gradient checkpointing recomputes inside it): on
+    CUDA every scaled-dot-product backend but cuDNN's, whose backward (torch 2.11, H200) failed with an illegal memory
+    access at Flux's shape while flash and memory-efficient attention ran with the same memory (docs/performance.md,
+    "GPU"); elsewhere torch's own choice. Sampling keeps torch's choice: the cuDNN forward ran."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the stage and step."""
 
@@ -219,9 +231,10 @@ class PPOUpdate:
 
     def _micro_batch(self, batch: Transitions, cond, step_total: float) -> tuple[torch.Tensor, dict]:
         """Forward + backward of one micro-batch; the loss is divided by the step's global transition count."""
-        losses, stats = transition_losses(self.policy, cond, batch, self.config, self.autocast)
-        loss = losses.sum() / step_total
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        with update_attention(self.policy.device):
+            losses, stats = transition_losses(self.policy, cond, batch, self.config, self.autocast)
+            loss = losses.sum() / step_total
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return loss, stats
 
     def _step(self, stage: int, epoch: int, step: int, loss_sum: torch.Tensor) -> float:

@@ -359,6 +359,18 @@ def test_every_round_trains_and_carries_each_groups_best_sibling(tmp_path):
         _rollout_config(train_every_round=True, prompt_draws=2)
 
 
+def test_the_update_leaves_cudnn_attention_out_on_cuda_only():
+    from srrl_core.training.ppo import update_attention
+
+    cuda = torch.backends.cuda
+    before = (cuda.cudnn_sdp_enabled(), cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled(), cuda.math_sdp_enabled())
+    with update_attention(torch.device("cpu")):
+        assert cuda.cudnn_sdp_enabled() == before[0]
+    with update_attention(torch.device("cuda")):  # sets torch's backend flags; needs no GPU
+        assert not cuda.cudnn_sdp_enabled() and cuda.flash_sdp_enabled() and cuda.mem_efficient_sdp_enabled() and cuda.math_sdp_enabled()
+    assert (cuda.cudnn_sdp_enabled(), cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled(), cuda.math_sdp_enabled()) == before
+
+
 def test_the_branch_point_skips_deterministic_steps_so_siblings_always_differ():
     import dataclasses
 
