@@ -49,6 +49,8 @@ class TrainConfig:
     train_every_round: bool = False  # every round is a recorded rollout of split_time siblings that trains, and each
     # group's best-rewarded sibling is carried into the next round (the paper's figure); False: the rounds are the
     # deterministic reflection above and only the final rollout trains (the reference code)
+    advantages_per_round: bool = False  # with train_every_round: each round's rewards get their own baseline (the
+    # round's samples of each prompt), so a round-0 sample is judged against fresh samples, not reflected ones
 
     # Curriculum.
     stages: int = 50

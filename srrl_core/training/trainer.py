@@ -168,7 +168,10 @@ class SRRLTrainer:
 
         # Advantages over the whole stage (all processes), then this process's rows.
         row_prompts = [p for p in all_prompts for _ in range(config.split_time)]
-        advantages = self.advantages(rewards, row_prompts, group_size=config.split_time)
+        blocks = rounds + 1 if config.train_every_round and config.advantages_per_round else 1  # round-major blocks
+        size = rewards.numel() // blocks
+        advantages = torch.cat([self.advantages(rewards[i : i + size], row_prompts[i : i + size], group_size=config.split_time)
+                                for i in range(0, rewards.numel(), size)])  # fmt: skip
         local_adv = advantages[local_rows]
         local = len(prompts)
 

@@ -1,6 +1,7 @@
 """SRRL training pieces against direct computations: PPO loss and clipping, selection, KL, curriculum, LoRA
 identity at init, kohya export keys (both namings, checked against ComfyUI's key scheme), bad names."""
 
+import dataclasses
 import math
 import re
 import subprocess
@@ -355,6 +356,12 @@ def test_every_round_trains_and_carries_each_groups_best_sibling(tmp_path):
     metrics = trainer.run_stage(2)  # K = 2: rounds 0, 1, 2 all trained
     assert metrics["sampled_images"] == 3 * 2 * 3 and metrics["kept_trajectories"] == 18
     assert {f"round_reward_mean/{k}" for k in range(3)} <= set(metrics) and metrics["model_calls"] == 6 + 2 * 6
+    # advantages_per_round: each round's rewards are standardised among themselves (round-major blocks).
+    per_round = SRRLTrainer(build_policy("tiny", 6), brightness, prompts, dataclasses.replace(config, advantages_per_round=True))
+    calls, estimate = [], per_round.advantages
+    per_round.advantages = lambda rewards, keys, group_size: calls.append((rewards.clone(), list(keys))) or estimate(rewards, keys, group_size=group_size)
+    per_round.run_stage(2)
+    assert [len(keys) for _, keys in calls] == [6, 6, 6] and all(keys == calls[0][1] for _, keys in calls)
     with pytest.raises(ValueError, match="train_every_round needs prompt_draws = 1"):
         _rollout_config(train_every_round=True, prompt_draws=2)
 
@@ -372,7 +379,6 @@ def test_the_update_leaves_cudnn_attention_out_on_cuda_only():
 
 
 def test_the_branch_point_skips_deterministic_steps_so_siblings_always_differ():
-    import dataclasses
 
     from srrl_core.training import SRRLTrainer, collect_rollout
     from srrl_core.training.rollout import branch_point
