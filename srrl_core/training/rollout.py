@@ -12,7 +12,8 @@ For P prompts (rows prompt-major throughout):
    after it (:func:`branch_point`): a deterministic step cannot make siblings differ.
 
 With ``train_every_round`` the rounds are themselves recorded rollouts (the paper's figure: every round's samples
-are scored and trained): round 0 is step 2 from :math:`x_T \sim \mathcal N(0, I)`, and :func:`continue_round`
+are scored and trained): round 0 is the recorded rollout of step 2, started from :math:`x_T \sim \mathcal N(0, I)`
+without reflection, and :func:`continue_round`
 carries each group's best-rewarded sibling back with the condition-guided forward process and rolls out round
 k + 1 from it.
 
