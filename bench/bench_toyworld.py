@@ -24,6 +24,7 @@ Methods:
 
     python bench/bench_toyworld.py [--seeds 0 1 2] [--stages 24] [--prompts 96] [--threads 2] [--quick]
     python bench/bench_toyworld.py --merge A/results.jsonl B/results.jsonl    # runs split over processes
+    python bench/bench_toyworld.py --versus a0/results.jsonl:b0/results.jsonl a1/...:b1/...   # two recipes, pooled
 
 Results are appended to ``--out``/results.jsonl as each method finishes and printed as a markdown table.
 """
@@ -122,7 +123,13 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", metavar="RESULTS_JSONL",
                         help="no sampling: one table from the results.jsonl of runs that split the methods / seeds "
                              "(same held-out set and base row), written to --out/merged.json")
+    parser.add_argument("--versus", nargs="+", metavar="A_JSONL:B_JSONL",
+                        help="no sampling: recipe A against recipe B, each pair of runs on one held-out block (their "
+                             "last trained rows, or FILE@METHOD), per pair and pooled over the pairs")
     args = parser.parse_args()
+    if args.versus:
+        print(versus_table([pair.split(":") for pair in args.versus]))
+        return
     if args.merge:
         results = merged_results(args.merge)
         os.makedirs(args.out, exist_ok=True)
@@ -252,6 +259,54 @@ def head_to_head(results: list[dict]) -> str:
         lines.append(f"| {row['method']} ({row['train_images']} images) | {rival['method']} ({rival['train_images']} images) | "
                      f"{row['compliance']:.3f} / {rival['compliance']:.3f} | {srrl_only} / {ddpo_only} | {p:.2g} |")
     return "\n".join(lines)
+
+
+def trained_row(spec: str) -> tuple[dict, dict]:
+    """(base row, chosen row) of ``FILE`` (its last row other than the base) or ``FILE@METHOD``."""
+    path, _, method = spec.partition("@")
+    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    if not rows or rows[0]["method"] != "base" or "verdicts" not in rows[0]:
+        raise ValueError(f"--versus: {path} must start with a base row that kept its verdicts")
+    chosen = [r for r in rows[1:] if (r["method"] == method if method else True) and "verdicts" in r]
+    if not chosen:
+        raise ValueError(f"--versus: {path} has no row {method or 'besides the base'} with verdicts; rows: "
+                         f"{[r['method'] for r in rows]}")
+    return rows[0], chosen[-1]
+
+
+def versus_table(pairs: list[list[str]]) -> str:
+    """Recipe A against recipe B, paired on the held-out pairs of each (A run, B run) -- one training seed and
+    noise block each -- then pooled over all of them: compliance, each against the base (gained / lost, exact
+    McNemar) and A against B (A-only / B-only compliant, exact McNemar on the concatenated verdicts)."""
+    lines = ["| A row | B row | base | A | B | A vs base | B vs base | A-only / B-only | McNemar p |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    pooled: list[list[torch.Tensor]] = [[], [], []]
+    for pair in pairs:
+        if len(pair) != 2:
+            raise ValueError(f"--versus takes A_JSONL:B_JSONL pairs, got {':'.join(pair)!r}")
+        (base, a), (base_b, b) = trained_row(pair[0]), trained_row(pair[1])
+        if base["verdicts"] != base_b["verdicts"] or base["n"] != base_b["n"]:
+            raise ValueError(f"--versus: {pair[0]} and {pair[1]} were not evaluated on the same held-out pairs")
+        verdicts = [torch.tensor([c == "1" for c in row["verdicts"]]) for row in (base, a, b)]
+        for pool, v in zip(pooled, verdicts):
+            pool.append(v)
+        lines.append(versus_line(a["method"], b["method"], *verdicts))
+    lines.append(versus_line(f"**pooled ({len(pairs)} pairs)**", "", *(torch.cat(v) for v in pooled)))
+    return "\n".join(lines)
+
+
+def versus_line(a_name: str, b_name: str, base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> str:
+    def rate(v: torch.Tensor) -> str:
+        low, high = wilson_interval(int(v.sum()), v.numel())
+        return f"{float(v.float().mean()):.3f} [{low:.3f}, {high:.3f}]"
+
+    def against(before: torch.Tensor, after: torch.Tensor) -> str:
+        gained, lost, p = mcnemar_exact(before, after)
+        return f"{gained} / {lost} (p = {p:.2g})"
+
+    a_only, b_only, p = mcnemar_exact(b, a)
+    return (f"| {a_name} | {b_name} | {rate(base)} | {rate(a)} | {rate(b)} | {against(base, a)} | {against(base, b)} | "
+            f"{a_only} / {b_only} | {p:.2g} |")
 
 
 HEADER = ("| method | compliance | 95% CI | gained / lost | McNemar p | calls / sample | training images | "

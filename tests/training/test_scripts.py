@@ -95,6 +95,35 @@ def test_toyworld_merge_keeps_one_base_row_and_refuses_other_held_out_sets(tmp_p
     assert bench["format_row"](both, 0.5).endswith("| 0.750 (3 / 1) | 0.250 (0 / 2, 0.5) |")
 
 
+def test_toyworld_versus_pools_paired_runs_and_refuses_mismatched_pairs(tmp_path):
+    versus_table = runpy.run_path(os.path.join(REPO, "bench", "bench_toyworld.py"))["versus_table"]
+    base = {"method": "base", "compliance": 0.5, "ci": [0.4, 0.6], "n": 8, "per_family": {}, "verdicts": "11110000"}
+
+    def run(name, *rows):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        return str(path)
+
+    a0 = run("a0", base, {**base, "method": "SRRL seed 0", "verdicts": "11111110"})
+    b0 = run("b0", base, {**base, "method": "DDPO seed 0", "verdicts": "11110001"},
+             {**base, "method": "SRRL lr=0 seed 0", "verdicts": "11110000"})
+    other = {**base, "verdicts": "00001111"}
+    a1 = run("a1", other, {**other, "method": "SRRL seed 1", "verdicts": "10001111"})
+    b1 = run("b1", other, {**other, "method": "DDPO seed 1", "verdicts": "01111111"})
+    table = versus_table([[a0, f"{b0}@DDPO seed 0"], [a1, b1]]).splitlines()
+    # Pair 0: A alone right on pairs 5-7, B alone on pair 8 (3 / 1, p = 0.625); the last row of b0 is the control.
+    assert table[2].startswith("| SRRL seed 0 | DDPO seed 0 |") and table[2].endswith("| 3 / 1 | 0.62 |")
+    assert "| 3 / 1 | 0.62 |" not in versus_table([[a0, b0]])  # without @METHOD the last row (the control) is B
+    # Pair 1: A 1 / 3 against B; pooled over both, 4 / 4 (p = 1), and A gains 4 / loses 0 against the base (p = 2 / 16).
+    assert table[3].endswith("| 1 / 3 | 0.62 |")
+    assert table[4].startswith("| **pooled (2 pairs)** |  | 0.500") and table[4].endswith("| 4 / 4 | 1 |")
+    assert "| 4 / 0 (p = 0.12) |" in table[4]
+    with pytest.raises(ValueError, match="not evaluated on the same held-out pairs"):
+        versus_table([[a0, b1]])
+    with pytest.raises(ValueError, match="has no row DDPO seed 9"):
+        versus_table([[a0, f"{b0}@DDPO seed 9"]])
+
+
 def test_flow_rollout_benchmark_reads_the_shipped_step_exactly():
     """The benchmark's DDIM rows are read off the shipped step: its noise at eta = 1 is the DDPM posterior's, its
     gain and offset at eta = 0 are Euler's on the exact denoiser's velocity; its error measure is 0 on the marginals."""
