@@ -291,7 +291,8 @@ def versus_table(pairs: list[list[str]]) -> str:
         for pool, v in zip(pooled, verdicts):
             pool.append(v)
         lines.append(versus_line(a["method"], b["method"], *verdicts))
-    lines.append(versus_line(f"**pooled ({len(pairs)} pairs)**", "", *(torch.cat(v) for v in pooled)))
+    if len(pairs) > 1:
+        lines.append(versus_line(f"**pooled ({len(pairs)} pairs)**", "", *(torch.cat(v) for v in pooled)))
     return "\n".join(lines)
 
 
