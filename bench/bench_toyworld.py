@@ -267,7 +267,7 @@ def trained_row(spec: str) -> tuple[dict, dict]:
     rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
     if not rows or rows[0]["method"] != "base" or "verdicts" not in rows[0]:
         raise ValueError(f"--versus: {path} must start with a base row that kept its verdicts")
-    chosen = [r for r in rows[1:] if (r["method"] == method if method else True) and "verdicts" in r]
+    chosen = [r for r in rows[1:] if (not method or r["method"] == method) and "verdicts" in r]
     if not chosen:
         raise ValueError(f"--versus: {path} has no row {method or 'besides the base'} with verdicts; rows: "
                          f"{[r['method'] for r in rows]}")
