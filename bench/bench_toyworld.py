@@ -233,10 +233,21 @@ def main() -> None:
     print("\n" + HEADER + "\n" + "\n".join(format_row(r, results[0]["compliance"]) for r in results))
 
 
+def read_rows(path: str) -> list[dict]:
+    """The rows of one results.jsonl, in the order the methods finished."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def verdicts(row: dict) -> torch.Tensor:
+    """[N] bool: the row's per-pair compliance, in the held-out set's order."""
+    return torch.tensor([c == "1" for c in row["verdicts"]])
+
+
 def merged_results(paths: list[str]) -> list[dict]:
     """The rows of several results.jsonl, one base row first: every file must start with the same base row (the
     same held-out pairs), or their paired statistics would not compare."""
-    runs = [[json.loads(line) for line in open(path, encoding="utf-8") if line.strip()] for path in paths]
+    runs = [read_rows(path) for path in paths]
     bases = [rows[0] for rows in runs if rows and rows[0]["method"] == "base"]
     shared = set.intersection(*map(set, bases)) if bases else set()  # runs from before verdicts were kept lack them
     if len(bases) != len(runs) or len({json.dumps({k: b[k] for k in shared}, sort_keys=True) for b in bases}) != 1:
@@ -254,8 +265,7 @@ def head_to_head(results: list[dict]) -> str:
         rival = ddpo.get((row["method"], row.get("stages")))
         if rival is None or "verdicts" not in row:
             continue
-        as_tensor = [torch.tensor([c == "1" for c in r["verdicts"]]) for r in (rival, row)]
-        srrl_only, ddpo_only, p = mcnemar_exact(*as_tensor)
+        srrl_only, ddpo_only, p = mcnemar_exact(verdicts(rival), verdicts(row))
         lines.append(f"| {row['method']} ({row['train_images']} images) | {rival['method']} ({rival['train_images']} images) | "
                      f"{row['compliance']:.3f} / {rival['compliance']:.3f} | {srrl_only} / {ddpo_only} | {p:.2g} |")
     return "\n".join(lines)
@@ -264,7 +274,7 @@ def head_to_head(results: list[dict]) -> str:
 def trained_row(spec: str) -> tuple[dict, dict]:
     """(base row, chosen row) of ``FILE`` (its last row other than the base) or ``FILE@METHOD``."""
     path, _, method = spec.partition("@")
-    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    rows = read_rows(path)
     if not rows or rows[0]["method"] != "base" or "verdicts" not in rows[0]:
         raise ValueError(f"--versus: {path} must start with a base row that kept its verdicts")
     chosen = [r for r in rows[1:] if (not method or r["method"] == method) and "verdicts" in r]
@@ -287,10 +297,10 @@ def versus_table(pairs: list[list[str]]) -> str:
         (base, a), (base_b, b) = trained_row(pair[0]), trained_row(pair[1])
         if base["verdicts"] != base_b["verdicts"] or base["n"] != base_b["n"]:
             raise ValueError(f"--versus: {pair[0]} and {pair[1]} were not evaluated on the same held-out pairs")
-        verdicts = [torch.tensor([c == "1" for c in row["verdicts"]]) for row in (base, a, b)]
-        for pool, v in zip(pooled, verdicts):
+        paired = [verdicts(row) for row in (base, a, b)]
+        for pool, v in zip(pooled, paired):
             pool.append(v)
-        lines.append(versus_line(a["method"], b["method"], *verdicts))
+        lines.append(versus_line(a["method"], b["method"], *paired))
     if len(pairs) > 1:
         lines.append(versus_line(f"**pooled ({len(pairs)} pairs)**", "", *(torch.cat(v) for v in pooled)))
     return "\n".join(lines)
