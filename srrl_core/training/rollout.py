@@ -13,9 +13,8 @@ For P prompts (rows prompt-major throughout):
 
 With ``train_every_round`` the rounds are themselves recorded rollouts (the paper's figure: every round's samples
 are scored and trained): round 0 is the recorded rollout of step 2, started from :math:`x_T \sim \mathcal N(0, I)`
-without reflection, and :func:`continue_round`
-carries each group's best-rewarded sibling back with the condition-guided forward process and rolls out round
-k + 1 from it.
+without reflection, and :func:`continue_round` carries each group's best-rewarded sibling back with the
+condition-guided forward process and rolls out round k + 1 from it.
 
 Every random stream is seeded from (run seed, stage, stream, global row), so a row's samples do not depend on how
 the rows are split over processes or batches, and a stage replays exactly after a resume.
