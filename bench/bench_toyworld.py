@@ -24,7 +24,7 @@ Methods:
 
     python bench/bench_toyworld.py [--seeds 0 1 2] [--stages 24] [--prompts 96] [--threads 2] [--quick]
     python bench/bench_toyworld.py --merge A/results.jsonl B/results.jsonl    # runs split over processes
-    python bench/bench_toyworld.py --versus a0/results.jsonl:b0/results.jsonl a1/...:b1/...   # two recipes, pooled
+    python bench/bench_toyworld.py --versus a0/results.jsonl:b0/results.jsonl a1/...:b1/...   # two recipes, per seed
 
 Results are appended to ``--out``/results.jsonl as each method finishes and printed as a markdown table.
 """
@@ -125,7 +125,8 @@ def main() -> None:
                              "(same held-out set and base row), written to --out/merged.json")
     parser.add_argument("--versus", nargs="+", metavar="A_JSONL:B_JSONL",
                         help="no sampling: recipe A against recipe B, each pair of runs on one held-out block (their "
-                             "last trained rows, or FILE@METHOD), per pair and pooled over the pairs")
+                             "last trained rows, or FILE@METHOD), per pair, pooled over the pairs, and between "
+                             "training seeds (each pair one seed: t interval and exact sign-flip test)")
     args = parser.parse_args()
     if args.versus:
         print(versus_table([pair.split(":") for pair in args.versus]))
@@ -287,7 +288,8 @@ def trained_row(spec: str) -> tuple[dict, dict]:
 def versus_table(pairs: list[list[str]]) -> str:
     """Recipe A against recipe B, paired on the held-out pairs of each (A run, B run) -- one training seed and
     noise block each -- then pooled over all of them: compliance, each against the base (gained / lost, exact
-    McNemar) and A against B (A-only / B-only compliant, exact McNemar on the concatenated verdicts)."""
+    McNemar) and A against B (A-only / B-only compliant, exact McNemar on the concatenated verdicts); then the same
+    differences with the training seed as the unit (:func:`between_seeds_line`)."""
     lines = ["| A row | B row | base | A | B | A vs base | B vs base | A-only / B-only | McNemar p |",
              "|---|---|---|---|---|---|---|---|---|"]
     pooled: list[list[torch.Tensor]] = [[], [], []]
@@ -303,7 +305,34 @@ def versus_table(pairs: list[list[str]]) -> str:
         lines.append(versus_line(a["method"], b["method"], *paired))
     if len(pairs) > 1:
         lines.append(versus_line(f"**pooled ({len(pairs)} pairs)**", "", *(torch.cat(v) for v in pooled)))
+        rates = [[float(v.float().mean()) for v in pool] for pool in pooled]  # [base, A, B] x training seed
+        lines += ["", BETWEEN_SEEDS_HEADER] + [between_seeds_line(label, [x - y for x, y in zip(rates[i], rates[j])])
+                                               for label, i, j in (("A - base", 1, 0), ("B - base", 2, 0), ("A - B", 1, 2))]
     return "\n".join(lines)
+
+
+BETWEEN_SEEDS_HEADER = ("| between training seeds | per seed | mean | SD | 95% t interval | sign-flip p (exact) | ahead / behind |\n"
+                        "|---|---|---|---|---|---|---|")
+
+
+def between_seeds_line(label: str, differences: list[float]) -> str:
+    """One paired difference of compliance with the training seed as the unit: mean, its Student-t 95% interval
+    and the exact sign-flip permutation test over the seeds.
+
+    The pooled McNemar test treats every held-out pair as independent; that is exact for the LoRAs that were
+    trained, but a recipe's result also varies from one training seed to the next (by more than 0.1 here), and
+    only the seed-to-seed spread says whether another set of seeds would come out the same way."""
+    try:
+        import numpy as np
+        from scipy import stats
+    except ImportError as error:
+        raise ImportError("--versus over training seeds needs scipy: pip install -r requirements-dev.txt") from error
+    d = np.asarray(differences, dtype=np.float64)
+    low, high = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    # Under H0 each seed's difference is as likely negative as positive: all 2^n sign patterns, enumerated.
+    p = stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf).pvalue
+    return (f"| {label} ({len(d)} seeds) | {' / '.join(f'{x:+.3f}' for x in d)} | {d.mean():+.3f} | {d.std(ddof=1):.3f} | "
+            f"[{low:+.3f}, {high:+.3f}] | {p:.2g} | {int((d > 0).sum())} / {int((d < 0).sum())} |")
 
 
 def versus_line(a_name: str, b_name: str, base: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> str:

@@ -118,10 +118,22 @@ def test_toyworld_versus_pools_paired_runs_and_refuses_mismatched_pairs(tmp_path
     assert table[3].endswith("| 1 / 3 | 0.62 |")
     assert table[4].startswith("| **pooled (2 pairs)** |  | 0.500") and table[4].endswith("| 4 / 4 | 1 |")
     assert "| 4 / 0 (p = 0.12) |" in table[4]
+    # Between the two training seeds: A - B is +0.25 then -0.25 (mean 0, sign-flip p = 1), A - base +0.375 / +0.125.
+    assert "| A - B (2 seeds) | +0.250 / -0.250 | +0.000 | 0.354 |" in table[10] and table[10].endswith("| 1 | 1 / 1 |")
+    assert table[8].endswith("| 0.5 | 2 / 0 |")
     with pytest.raises(ValueError, match="not evaluated on the same held-out pairs"):
         versus_table([[a0, b1]])
     with pytest.raises(ValueError, match="has no row DDPO seed 9"):
         versus_table([[a0, f"{b0}@DDPO seed 9"]])
+
+
+def test_toyworld_between_seeds_takes_the_training_seed_as_the_unit():
+    between_seeds_line = runpy.run_path(os.path.join(REPO, "bench", "bench_toyworld.py"))["between_seeds_line"]
+    # Mean 0.14, SD 0.1451 (n - 1), t(3, 0.975) = 3.1824: 0.14 -/+ 0.2310. Of the 16 sign patterns, |sum| >= 0.56
+    # for 4 (the observed one, -0.04 flipped, and their negatives): p = 0.25.
+    line = between_seeds_line("A - B", [0.1, 0.2, 0.3, -0.04])
+    assert line == "| A - B (4 seeds) | +0.100 / +0.200 / +0.300 / -0.040 | +0.140 | 0.145 | [-0.091, +0.371] | 0.25 | 3 / 1 |"
+    assert "| 0.002 | 10 / 0 |" in between_seeds_line("A - base", [0.01 * k for k in range(1, 11)])  # 2 of 2^10 patterns
 
 
 def test_flow_rollout_benchmark_reads_the_shipped_step_exactly():
