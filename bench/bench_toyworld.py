@@ -320,10 +320,11 @@ def between_seeds_line(label: str, differences: list[float]) -> str:
     and the exact sign-flip permutation test over the seeds.
 
     The pooled McNemar test treats every held-out pair as independent; that is exact for the LoRAs that were
-    trained, but a recipe's result also varies from one training seed to the next (by more than 0.1 here), and
-    only the seed-to-seed spread says whether another set of seeds would come out the same way."""
+    trained, but a recipe's result also varies from one training seed to the next (by more than 0.1 on the toy
+    world), and only the seed-to-seed spread says whether another set of seeds would come out the same way."""
+    import numpy as np
+
     try:
-        import numpy as np
         from scipy import stats
     except ImportError as error:
         raise ImportError("--versus over training seeds needs scipy: pip install -r requirements-dev.txt") from error
