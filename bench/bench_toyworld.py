@@ -37,6 +37,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -322,8 +323,6 @@ def between_seeds_line(label: str, differences: list[float]) -> str:
     The pooled McNemar test treats every held-out pair as independent; that is exact for the LoRAs that were
     trained, but a recipe's result also varies from one training seed to the next (by more than 0.1 on the toy
     world), and only the seed-to-seed spread says whether another set of seeds would come out the same way."""
-    import numpy as np
-
     try:
         from scipy import stats
     except ImportError as error:
